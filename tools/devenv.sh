@@ -128,6 +128,12 @@ rootfs_exec() {
     set -e
     root=$1 repo=$2 src=$3; shift 3
     mount --bind "$repo" "$root$src"
+    # The project folder'"'"'s shared/ (reference data beside the clone), read-only, if present.
+    if [ -d "$repo/../shared" ]; then
+      mkdir -p "$root/shared"
+      mount --bind "$repo/../shared" "$root/shared"
+      mount -o remount,bind,ro "$root/shared"
+    fi
     mount -t proc proc "$root/proc"
     mount --rbind /dev "$root/dev"
     exec chroot "$root" "$@"' _ "$ROOTFS" "$REPO" "$IN_SRC" \
