@@ -43,6 +43,9 @@ class DOLGConfig:
       label_smoothing: label smoothing of the cross-entropy on the margin logits.
       scales: test-time scales of the multi-scale descriptor.
       weights: None (random), "imagenet", or a path to a local weights file for the backbone.
+      bn_momentum: if set, the momentum of every BatchNormalization layer (backbone included).
+        Keras' 0.99 needs hundreds of steps before the moving statistics used at inference
+        catch up; short fine-tuning runs on small data want about 0.9.
       custom_local_layer, custom_global_layer: the taps of a "custom" backbone.
     """
 
@@ -65,6 +68,7 @@ class DOLGConfig:
     label_smoothing: float = 0.0
     scales: Tuple[float, ...] = (0.7071, 1.0, 1.4142)
     weights: Optional[str] = None
+    bn_momentum: Optional[float] = None
     custom_local_layer: Optional[str] = None
     custom_global_layer: Optional[str] = None
 
@@ -112,6 +116,8 @@ class DOLGConfig:
             raise ConfigError("label_smoothing", self.label_smoothing, "must be in [0, 1)")
         if not self.scales or any(not (isinstance(s, (int, float)) and s > 0) for s in self.scales):
             raise ConfigError("scales", self.scales, "needs one or more positive scales")
+        if self.bn_momentum is not None and not 0.0 <= self.bn_momentum < 1.0:
+            raise ConfigError("bn_momentum", self.bn_momentum, "must be in [0, 1) or None")
         if self.weights not in (None, "imagenet") and not isinstance(self.weights, str):
             raise ConfigError("weights", self.weights, "None, 'imagenet' or a path to a weights file")
 

@@ -50,7 +50,12 @@ def build_dolg(config: DOLGConfig, custom_backbone=None) -> keras.Model:
     fused = keras.layers.Concatenate(name="fuse")([f_g, pooled])
     embedding = keras.layers.Dense(config.embedding_dim, name="embedding_fc")(fused)
     embedding = layers.L2Normalize(name=EMBEDDING_OUTPUT)(embedding)
-    return keras.Model(images, embedding, name="dolg")
+    dolg = keras.Model(images, embedding, name="dolg")
+    if config.bn_momentum is not None:
+        for layer in dolg.submodules:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = config.bn_momentum
+    return dolg
 
 
 def build_training_model(dolg: keras.Model, head: keras.layers.Layer) -> keras.Model:

@@ -22,5 +22,9 @@ def env_cmd():
     click.echo(f"{'tf.keras':28s}{tf.keras.__name__}")
 
 
+# Subcommands live beside the code they drive; importing registers them on `main`.
+from dolg_tfx import cli_model  # noqa: E402,F401
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,273 @@
+"""ImageExampleGen's Beam executor: validate every file in parallel, split by label, report.
+
+Why not a BaseExampleGenExecutor subclass: that base class splits by hashing each record
+(or one feature) into buckets independently, so it cannot guarantee that both splits are
+non-empty, and its Do() writes only the ``examples`` output, while this component must also
+write a report of every file it refused. The parts that matter downstream are kept the same:
+gzipped TFRecords of serialized tf.Examples under ``<uri>/Split-<name>/data_tfrecord-*.gz``,
+``split_names``, and the ``payload_format`` / ``file_format`` custom properties that
+StatisticsGen, Transform and Trainer read through tfx-bsl.
+
+The pipeline:
+
+    candidates --Inspect (ParDo)--> accepted (label, example, format, orientation)
+                                 \\-> rejected {path, image_id, label, reason, detail}
+    accepted labels --Distinct, ToList, assign_splits--> {label: split}   (one element)
+    accepted --Partition(side input {label: split})--> train, eval --> TFRecords
+    rejected, per-split stats, {label: split} --> rejected.jsonl + summary.json (one writer)
+
+Every decision depends on one file's bytes or on the SET of accepted labels, never on
+bundle boundaries or element order, so the set of examples in each split is the same
+whatever Beam's parallelism.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import apache_beam as beam
+import tensorflow as tf
+from absl import logging
+from tfx import types
+from tfx.components.util import examples_utils
+from tfx.dsl.components.base import base_beam_executor
+from tfx.dsl.io import fileio
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils
+
+from components.image_example_gen import checks, inputs
+from components.image_example_gen import spec as s
+
+_REJECTED_TAG = "rejected"
+_METRICS_NAMESPACE = "dolg_tfx.ImageExampleGen"
+_TFRECORD_PREFIX = "data_tfrecord"  # the name TFX's own ExampleGens use
+
+
+def _bytes_feature(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int_feature(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
+def make_example(image: bytes, image_id: str, label: str, info: checks.ImageInfo) -> bytes:
+    """The serialized tf.Example of one accepted file: original bytes, never pixels."""
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image": _bytes_feature(image),
+        "image_id": _bytes_feature(image_id.encode("utf-8")),
+        "label": _bytes_feature(label.encode("utf-8")),
+        "format": _bytes_feature(info.format.encode("ascii")),
+        "width": _int_feature(info.width),
+        "height": _int_feature(info.height),
+    })).SerializeToString()
+
+
+class _InspectFile(beam.DoFn):
+    """Reads and checks one candidate; emits an example or, on the side, a rejection."""
+
+    def __init__(self, max_bytes: int, max_pixels: int):
+        self._max_bytes, self._max_pixels = max_bytes, max_pixels
+        self._accepted = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, "accepted")
+        self._rejected = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, "rejected")
+
+    def process(self, c: inputs.Candidate):
+        try:
+            data = inputs.read_candidate(c, self._max_bytes)
+            info = checks.inspect_image(data, self._max_bytes, self._max_pixels, tf_check=True)
+        except checks.Rejected as r:
+            self._rejected.inc()
+            yield beam.pvalue.TaggedOutput(_REJECTED_TAG, {
+                "image_id": c.image_id, "label": c.label, "path": c.path,
+                "reason": r.reason, "detail": r.detail})
+            return
+        self._accepted.inc()
+        yield c.label, make_example(data, c.image_id, c.label, info), info.format, info.orientation
+
+
+class _SplitStats(beam.CombineFn):
+    """Examples, formats and EXIF-rotated files of one split."""
+
+    def create_accumulator(self):
+        return {"examples": 0, "formats": {}, "exif_rotated": 0}
+
+    def add_input(self, acc, element):
+        _, _, fmt, orientation = element
+        acc["examples"] += 1
+        acc["formats"][fmt] = acc["formats"].get(fmt, 0) + 1
+        acc["exif_rotated"] += orientation != 1
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = self.create_accumulator()
+        for a in accs:
+            out["examples"] += a["examples"]
+            out["exif_rotated"] += a["exif_rotated"]
+            for k, v in a["formats"].items():
+                out["formats"][k] = out["formats"].get(k, 0) + v
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _split_index(element, num_partitions: int, assignment: dict[str, str]) -> int:
+    del num_partitions
+    return inputs.SPLITS.index(assignment[element[0]])
+
+
+def _write_report(_, report_uri: str, header: dict[str, Any], rejected: list[dict],
+                  assignment: dict[str, str], stats: dict[str, dict]) -> None:
+    """Writes rejected.jsonl (sorted by path) and summary.json; runs once, on one worker."""
+    rejected = sorted(rejected, key=lambda r: (r["path"], r["image_id"]))
+    with fileio.open(os.path.join(report_uri, s.REJECTED_FILE), "w") as f:
+        # One write, even of "": tf.io.gfile creates the file on the first write, and an
+        # empty report must still exist so readers need no special case.
+        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
+    reasons: dict[str, int] = {}
+    for r in rejected:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    formats: dict[str, int] = {}
+    for st in stats.values():
+        for k, v in st["formats"].items():
+            formats[k] = formats.get(k, 0) + v
+    emitted = {split: stats[split]["examples"] for split in inputs.SPLITS}
+    summary = dict(header,
+                   emitted=emitted, emitted_total=sum(emitted.values()),
+                   labels=inputs.split_counts(assignment), rejected=len(rejected),
+                   reasons=dict(sorted(reasons.items())), formats=dict(sorted(formats.items())),
+                   exif_rotated_not_applied=sum(st["exif_rotated"] for st in stats.values()))
+    # The ingestion invariant. A mismatch is a bug in this component, never the data's fault.
+    if summary["files_seen"] != summary["emitted_total"] + summary["rejected"]:
+        raise RuntimeError(f"ImageExampleGen lost files: {summary}")
+    with fileio.open(os.path.join(report_uri, s.SUMMARY_FILE), "w") as f:
+        f.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as one readable block of text, for the log and the CLI."""
+    e, lab = summary["emitted"], summary["labels"]
+    lines = [
+        f"ImageExampleGen: {summary['input_base']} ({summary['layout']} layout)",
+        f"  files seen      {summary['files_seen']}",
+        f"  emitted         {summary['emitted_total']}  (train {e['train']}, eval {e['eval']}; "
+        f"labels train {lab['train']}, eval {lab['eval']}, disjoint)",
+        f"  rejected        {summary['rejected']}  (details: {s.REJECTED_FILE})",
+    ]
+    lines += [f"    {reason:<18}{n}" for reason, n in summary["reasons"].items()]
+    lines.append("  formats         " + (", ".join(f"{k} {v}" for k, v in summary["formats"].items()) or "-"))
+    if summary["exif_rotated_not_applied"]:
+        lines.append(f"  EXIF-rotated    {summary['exif_rotated_not_applied']} (kept as stored; "
+                     "orientation is not applied downstream)")
+    return "\n".join(lines)
+
+
+def _get(exec_properties: dict[str, Any], key: str, default):
+    # Explicit None test: an explicit 0 must reach the range checks, not become the default.
+    value = exec_properties.get(key)
+    return default if value is None else value
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+    """Validates image files in a Beam pipeline and writes label-disjoint train/eval Examples."""
+
+    def Do(self, input_dict: dict[str, list[types.Artifact]],
+           output_dict: dict[str, list[types.Artifact]], exec_properties: dict[str, Any]) -> None:
+        """Scans the inputs, validates every file with Beam, writes the splits and the report.
+
+        Args:
+          input_dict: unused (the component has no input channels).
+          output_dict: ``examples`` (one Examples artifact: splits train and eval) and
+            ``report`` (one IngestionReport artifact: rejected.jsonl and summary.json).
+          exec_properties: ``input_base`` (required), ``images_subdir``, ``eval_fraction``,
+            ``max_bytes``, ``max_pixels``, ``split_salt`` (see ImageExampleGen).
+
+        Raises:
+          ValueError: a setting is out of range.
+          RuntimeError: no file was accepted (the report is written first, to say why).
+        """
+        self._log_startup(input_dict, output_dict, exec_properties)
+        input_base = exec_properties[s.INPUT_BASE_KEY]
+        images_subdir = _get(exec_properties, s.IMAGES_SUBDIR_KEY, "") or None
+        eval_fraction = float(_get(exec_properties, s.EVAL_FRACTION_KEY, s.DEFAULT_EVAL_FRACTION))
+        max_bytes = int(_get(exec_properties, s.MAX_BYTES_KEY, s.DEFAULT_MAX_BYTES))
+        max_pixels = int(_get(exec_properties, s.MAX_PIXELS_KEY, s.DEFAULT_MAX_PIXELS))
+        salt = str(_get(exec_properties, s.SPLIT_SALT_KEY, s.DEFAULT_SPLIT_SALT))
+        inputs.assign_splits([], eval_fraction, salt)  # fail on a bad fraction before any work
+        if max_bytes <= 0 or max_pixels <= 0:
+            raise ValueError(f"max_bytes and max_pixels must be positive, got {max_bytes}, {max_pixels}")
+
+        examples = artifact_utils.get_single_instance(output_dict[s.EXAMPLES_KEY])
+        report = artifact_utils.get_single_instance(output_dict[s.REPORT_KEY])
+        examples.split_names = artifact_utils.encode_split_names(list(inputs.SPLITS))
+        examples.span = 0
+        fileio.makedirs(report.uri)
+
+        # Listing is cheap and sequential; reading and decoding (the cost) is in the pipeline.
+        candidates = inputs.scan_inputs(input_base, images_subdir)
+        manifest = inputs.is_manifest(input_base)
+        header = {
+            "input_base": input_base, "layout": "manifest" if manifest else "folder",
+            "image_root": (inputs.manifest_image_root(input_base, images_subdir) if manifest
+                           else os.path.abspath(input_base)),
+            "files_seen": len(candidates),
+            "settings": {"eval_fraction": eval_fraction, "max_bytes": max_bytes,
+                         "max_pixels": max_pixels, "split_salt": salt},
+        }
+        logging.info("ImageExampleGen: %d candidate files under %s", len(candidates), input_base)
+
+        with self._make_beam_pipeline() as p:
+            inspected = (
+                p
+                | "CreateCandidates" >> beam.Create(candidates)  # reshuffles: spreads the reads
+                | "InspectFiles" >> beam.ParDo(_InspectFile(max_bytes, max_pixels)).with_outputs(
+                    _REJECTED_TAG, main="accepted"))
+            accepted, rejected = inspected.accepted, inspected[_REJECTED_TAG]
+            assignment = (
+                accepted
+                | "Labels" >> beam.Map(lambda a: a[0])
+                | "DistinctLabels" >> beam.Distinct()
+                | "AllLabels" >> beam.combiners.ToList()
+                | "AssignSplits" >> beam.Map(inputs.assign_splits, eval_fraction, salt))
+            parts = accepted | "SplitByLabel" >> beam.Partition(
+                _split_index, len(inputs.SPLITS), beam.pvalue.AsSingleton(assignment))
+            stats = []
+            for split, part in zip(inputs.SPLITS, parts):
+                _ = (part
+                     | f"Serialized[{split}]" >> beam.Map(lambda a: a[1])
+                     # Like TFX's WriteSplit: files are listed label by label, and a reader's
+                     # shuffle buffer should not see one label at a time.
+                     | f"Shuffle[{split}]" >> beam.Reshuffle()
+                     | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                         os.path.join(artifact_utils.get_split_uri([examples], split), _TFRECORD_PREFIX),
+                         file_name_suffix=".gz"))
+                stats.append(part
+                             | f"Stats[{split}]" >> beam.CombineGlobally(_SplitStats())
+                             | f"KeyStats[{split}]" >> beam.Map(lambda v, k=split: (k, v)))
+            _ = (
+                p
+                | "ReportTrigger" >> beam.Create([None])
+                | "WriteReport" >> beam.Map(
+                    _write_report, report.uri, header,
+                    rejected=beam.pvalue.AsSingleton(rejected | "RejectedToList" >> beam.combiners.ToList()),
+                    assignment=beam.pvalue.AsSingleton(assignment),
+                    stats=beam.pvalue.AsDict(tuple(stats) | "StatsBySplit" >> beam.Flatten())))
+
+        with fileio.open(os.path.join(report.uri, s.SUMMARY_FILE)) as f:
+            summary = json.loads(f.read())
+        logging.info("%s", format_summary(summary))
+
+        examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
+        examples_utils.set_file_format(examples, "tfrecords_gzip")
+        counts = {"num_files_seen": summary["files_seen"], "num_rejected": summary["rejected"],
+                  "num_train": summary["emitted"]["train"], "num_eval": summary["emitted"]["eval"],
+                  "num_train_labels": summary["labels"]["train"], "num_eval_labels": summary["labels"]["eval"]}
+        for artifact in (examples, report):
+            for key, value in counts.items():
+                artifact.set_int_custom_property(key, value)
+        if summary["emitted_total"] == 0:
+            raise RuntimeError(f"ImageExampleGen accepted no file under {input_base}; "
+                               f"see {os.path.join(report.uri, s.REJECTED_FILE)}")
+        if summary["emitted"]["eval"] == 0:
+            logging.warning("ImageExampleGen: the eval split is empty (only one label was accepted)")

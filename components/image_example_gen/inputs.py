@@ -1,0 +1,224 @@
+"""Finding ImageExampleGen's input files, reading them safely, and the label split rule.
+
+Plain Python (no TFX, no TensorFlow), so the CLI can scan and check a data set without a
+pipeline. Two input layouts, told apart by what ``input_base`` is:
+
+* a directory: ``input_base/<label>/<image>``. Every regular file under it is a candidate,
+  hidden files and non-images included, so that nothing is dropped silently: the checks
+  reject what is not an image and the report says so. A file directly under ``input_base``
+  has no label folder and is reported (``no_label``). Symlinked directories are not followed
+  (they could loop or leave the tree) and are reported (``not_followed``); symlinked files are
+  followed only if they resolve inside ``input_base``.
+* a CSV file (GLDv2 style): columns ``id`` and ``landmark_id``, optionally ``path``; other
+  columns are ignored. Images live under an image root, by default the folder named like the
+  CSV's stem beside it (``data/train.csv`` -> ``data/train/``), otherwise ``images_subdir``
+  (relative to the CSV's folder, or absolute). A row's file is ``path`` relative to the root
+  when given, else ``<id[0]>/<id[1]>/<id[2]>/<id>.jpg``. The image id is ``id`` (or ``path``
+  when there is no id), the label is ``landmark_id`` as written.
+
+Only local (or mounted, e.g. gcsfuse) paths are supported: the escape check relies on
+``os.path.realpath``, which means nothing for object-store URLs.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import os
+import stat
+from typing import Iterable, Optional, Sequence
+
+from components.image_example_gen.checks import Rejected
+
+TRAIN, EVAL = "train", "eval"
+SPLITS = (TRAIN, EVAL)
+HASH_BUCKETS = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One input file (or manifest row) to validate.
+
+    Attributes:
+      image_id: the id emitted with the example: path relative to the root (folder layout)
+        or the manifest's id.
+      label: the label folder's name or the manifest's landmark_id, as text.
+      root: the folder the file must stay inside.
+      relpath: the file's path as found or written in the manifest, relative to ``root``.
+      problem: (reason, detail) when the scan already knows the candidate is unusable.
+    """
+    image_id: str
+    label: str
+    root: str
+    relpath: str
+    problem: Optional[tuple[str, str]] = None
+
+    @property
+    def path(self) -> str:
+        """The path as given (joined to the root), for reports."""
+        return os.path.join(self.root, self.relpath)
+
+
+def is_manifest(input_base: str) -> bool:
+    """True when ``input_base`` is a CSV manifest file rather than a folder tree."""
+    return os.path.isfile(input_base)
+
+
+def manifest_image_root(csv_path: str, images_subdir: Optional[str] = None) -> str:
+    """The folder a manifest's image paths are relative to (see the module docstring)."""
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    if images_subdir:
+        return os.path.join(folder, images_subdir)  # an absolute images_subdir wins the join
+    return os.path.join(folder, os.path.splitext(os.path.basename(csv_path))[0])
+
+
+def scan_inputs(input_base: str, images_subdir: Optional[str] = None) -> list[Candidate]:
+    """Lists every candidate file (folder tree) or row (CSV manifest), in a stable order.
+
+    Args:
+      input_base: a folder ``<label>/<image>`` or a CSV manifest file.
+      images_subdir: for a manifest only: the image root, relative to the CSV's folder.
+
+    Returns:
+      One Candidate per file or row. The count is "files seen": the ingestion invariant is
+      files seen = examples emitted + files reported.
+
+    Raises:
+      FileNotFoundError: ``input_base`` does not exist.
+      ValueError: the manifest lacks the required columns.
+    """
+    if not os.path.exists(input_base):
+        raise FileNotFoundError(f"input_base {input_base!r} does not exist")
+    if is_manifest(input_base):
+        return _scan_manifest(input_base, manifest_image_root(input_base, images_subdir))
+    return _scan_folder(os.path.abspath(input_base))
+
+
+def _scan_folder(root: str) -> list[Candidate]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()  # os.walk descends in this (now sorted) order: a stable listing
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+        for name in dirnames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                rel = rel_dir + name
+                out.append(Candidate(rel, rel.split("/")[0], root, rel,
+                                     ("not_followed", "symlinked directory: not followed")))
+        for name in sorted(filenames):
+            rel = rel_dir + name
+            problem = None if rel_dir else ("no_label", "file directly under input_base: no label folder")
+            out.append(Candidate(rel, rel.split("/")[0] if rel_dir else "", root, rel, problem))
+    return out
+
+
+def _scan_manifest(csv_path: str, root: str) -> list[Candidate]:
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or ())
+        if "landmark_id" not in columns or not columns & {"id", "path"}:
+            raise ValueError(f"{csv_path}: needs a 'landmark_id' column and an 'id' or 'path' column, "
+                             f"has {sorted(columns)}")
+        out, seen = [], set()
+        for row_no, row in enumerate(reader, start=2):  # row 1 is the header
+            iid = (row.get("id") or "").strip()
+            label = (row.get("landmark_id") or "").strip()
+            rel = (row.get("path") or "").strip()
+            image_id = iid or rel or f"<row {row_no}>"
+            problem = None
+            if not label or not (iid or rel):
+                problem = ("bad_manifest_row", f"row {row_no}: empty id/path or landmark_id")
+            elif not rel and len(iid) < 3:
+                problem = ("bad_manifest_row", f"row {row_no}: id {iid!r} too short for the GLDv2 layout")
+            elif image_id in seen:
+                problem = ("duplicate_id", f"row {row_no}: id {image_id!r} already listed")
+            if not rel and len(iid) >= 3:
+                rel = f"{iid[0]}/{iid[1]}/{iid[2]}/{iid}.jpg"
+            seen.add(image_id)
+            out.append(Candidate(image_id, label, root, rel, problem))
+    return out
+
+
+def read_candidate(candidate: Candidate, max_bytes: int) -> bytes:
+    """Reads a candidate's bytes after the file-level checks.
+
+    Args:
+      candidate: from ``scan_inputs``.
+      max_bytes: larger files are refused from their size, without reading them.
+
+    Returns:
+      The file's bytes.
+
+    Raises:
+      checks.Rejected: ``outside_root`` (absolute path, ``..`` or a symlink leaving the root),
+        ``missing``, ``unreadable``, ``too_many_bytes``, or the scan's own ``problem``.
+    """
+    if candidate.problem:
+        raise Rejected(*candidate.problem)
+    if os.path.isabs(candidate.relpath):
+        raise Rejected("outside_root", "absolute path; paths must be relative to the image root")
+    root = os.path.realpath(candidate.root)
+    real = os.path.realpath(os.path.join(root, candidate.relpath))  # resolves .. and symlinks
+    if os.path.commonpath([real, root]) != root:
+        raise Rejected("outside_root", f"resolves to {real}, outside {root}")
+    try:
+        st = os.stat(real)
+        if not stat.S_ISREG(st.st_mode):
+            raise Rejected("unreadable", "not a regular file")
+        if st.st_size > max_bytes:  # refused from the size: a 10 GB file is never read
+            raise Rejected("too_many_bytes", f"{st.st_size} bytes > max_bytes {max_bytes}")
+        with open(real, "rb") as f:
+            return f.read(max_bytes + 1)  # +1: a file that grew since stat still trips the cap
+    except FileNotFoundError:
+        raise Rejected("missing", "no such file") from None
+    except OSError as e:
+        raise Rejected("unreadable", f"{type(e).__name__}: {e.strerror or e}") from None
+
+
+# --------------------------------------------------------------------------- the split rule
+
+def label_bucket(label: str, salt: str) -> int:
+    """The label's hash bucket in [0, 1000): sha256 of salt and label, stable everywhere."""
+    digest = hashlib.sha256(f"{salt}\x00{label}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % HASH_BUCKETS
+
+
+def assign_splits(labels: Iterable[str], eval_fraction: float, salt: str) -> dict[str, str]:
+    """Maps each label to ``train`` or ``eval``: whole labels, never both.
+
+    The rule: a label goes to eval when ``label_bucket(label, salt) < round(eval_fraction *
+    1000)``. So the eval share of LABELS is about ``eval_fraction``, and a label's side
+    depends only on (salt, label): adding labels never moves an existing one, except via the
+    guard. The guard, for data sets so small that the hash puts every label on one side:
+    with at least two labels, if eval got none, the label with the smallest (bucket, label)
+    moves to eval; if train got none, the label with the largest (bucket, label) moves to
+    train. Those are the labels closest to the threshold, so the guard bends the rule as
+    little as possible. A single label always goes to train (there is nothing unseen to
+    evaluate on).
+
+    Args:
+      labels: the labels that have at least one accepted example (duplicates are ignored).
+      eval_fraction: share of labels held out, strictly between 0 and 1.
+      salt: mixed into the hash; another salt gives another (equally valid) split.
+
+    Returns:
+      {label: "train" | "eval"}.
+    """
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be strictly between 0 and 1, got {eval_fraction}")
+    threshold = round(eval_fraction * HASH_BUCKETS)
+    ranked = sorted((label_bucket(lab, salt), lab) for lab in set(labels))
+    out = {lab: EVAL if bucket < threshold else TRAIN for bucket, lab in ranked}
+    if len(ranked) == 1:
+        out[ranked[0][1]] = TRAIN
+    elif len(ranked) >= 2:
+        if EVAL not in out.values():
+            out[ranked[0][1]] = EVAL
+        elif TRAIN not in out.values():
+            out[ranked[-1][1]] = TRAIN
+    return out
+
+
+def split_counts(assignment: dict[str, str], splits: Sequence[str] = SPLITS) -> dict[str, int]:
+    """Number of labels per split."""
+    return {s: sum(1 for v in assignment.values() if v == s) for s in splits}

@@ -1,0 +1,74 @@
+"""Training pieces shared by the Trainer and the tests: schedule, optimizer, strategy, compile.
+
+The recipe (authors): SGD with Nesterov momentum 0.9, weight decay 1e-4, lr 0.01 with linear
+warm-up then cosine decay. AdamW is offered for small fine-tuning runs.
+"""
+import math
+
+import tensorflow as tf
+
+from dolg_model import heads
+from dolg_model.model import build_training_model
+
+keras = tf.keras
+
+
+@keras.utils.register_keras_serializable(package="dolg")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak` over `warmup_steps`, then cosine decay to `floor`.
+
+    Args:
+      peak: the learning rate at the end of warm-up.
+      total_steps: steps of the whole run.
+      warmup_steps: steps of the linear ramp.
+      floor: the final learning rate.
+    """
+
+    def __init__(self, peak, total_steps, warmup_steps=0, floor=0.0):
+        self.peak = float(peak)
+        self.total_steps = max(int(total_steps), 1)
+        self.warmup_steps = max(min(int(warmup_steps), self.total_steps), 0)
+        self.floor = float(floor)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * (step + 1.0) / max(self.warmup_steps, 1)
+        progress = (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
+        cosine = self.floor + 0.5 * (self.peak - self.floor) * (1.0 + tf.cos(math.pi * tf.minimum(progress, 1.0)))
+        return tf.where(step < self.warmup_steps, warm, cosine)
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps, "floor": self.floor}
+
+
+def make_optimizer(name="sgd", learning_rate=0.01, total_steps=1000, warmup_steps=0, weight_decay=1e-4):
+    """SGD-Nesterov (the paper's) or AdamW, on a warm-up + cosine schedule."""
+    schedule = WarmupCosine(learning_rate, total_steps, warmup_steps)
+    if name == "sgd":
+        # Decoupled weight decay is applied by the optimizer itself (tf_keras >= 2.11).
+        return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    if name == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {name!r}")
+
+
+def choose_strategy(devices=None) -> tf.distribute.Strategy:
+    """MirroredStrategy over every GPU when there is more than one (or over `devices`),
+    otherwise the default strategy on the one device there is."""
+    if devices:
+        return tf.distribute.MirroredStrategy(devices)
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy([g.name for g in gpus])
+    return tf.distribute.get_strategy()
+
+
+def compile_training_model(dolg, config, num_classes, optimizer, class_counts=None):
+    """The (image, label) -> logits model with the config's margin head, compiled with the
+    margin cross-entropy. Call inside the strategy's scope, as `dolg` was built."""
+    head = heads.build_head(config, num_classes, class_counts)
+    trainer = build_training_model(dolg, head)
+    trainer.compile(optimizer=optimizer,
+                    loss=heads.MarginCrossEntropy(num_classes, config.label_smoothing))
+    return trainer

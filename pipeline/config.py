@@ -1,0 +1,158 @@
+"""PipelineConfig: every parameter of a run in one object, with named presets.
+
+The model's own parameters are a DOLGConfig inside it. The whole config travels to the
+Transform and Trainer modules as JSON in their custom_config, so both read the same values.
+"""
+import dataclasses
+import json
+import pathlib
+from typing import Optional, Tuple
+
+from dolg_model.config import ConfigError, DOLGConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """One pipeline run.
+
+    Args:
+      pipeline_name: [a-z0-9][a-z0-9-]* (Kubeflow's rule, applied everywhere).
+      eval_fraction: share of LABELS held out for evaluation (retrieval on unseen classes).
+      max_bytes, max_pixels: ingestion caps; larger files are reported, not emitted.
+      resize_mode: "pad" (keep the aspect ratio) or "squash".
+      batch_size: global training batch (split over replicas).
+      train_steps: optimizer steps of the run.
+      steps_per_epoch: steps between checkpoints/backups and TensorBoard epoch summaries.
+      optimizer: "sgd" (Nesterov, the paper's) or "adamw".
+      learning_rate, warmup_steps, weight_decay: the schedule (warm-up then cosine).
+      augment: random resized crop, horizontal flip and colour jitter in training.
+      mixed_precision: "auto" (on when a GPU is present), "on" or "off".
+      eval_batch_size: batch of the Evaluator's embedding pass.
+      min_map: the Evaluator blesses only above this retrieval mAP.
+      max_map_drop: and only if mAP fell by at most this much from the last blessed model.
+      beam_mode: "in_memory" or "multi_processing" for the DirectRunner.
+      beam_workers: DirectRunner workers in multi_processing mode.
+      beam_args: extra Beam pipeline arguments (e.g. for Dataflow or Flink).
+      model: the DOLGConfig.
+    """
+
+    pipeline_name: str = "dolg-tfx"
+    eval_fraction: float = 0.2
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    resize_mode: str = "pad"
+    batch_size: int = 64
+    train_steps: int = 10_000
+    steps_per_epoch: int = 500
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    warmup_steps: int = 500
+    weight_decay: float = 1e-4
+    augment: bool = True
+    mixed_precision: str = "auto"
+    eval_batch_size: int = 32
+    min_map: float = 0.0
+    max_map_drop: Optional[float] = 0.01
+    beam_mode: str = "in_memory"
+    beam_workers: int = 2
+    beam_args: Tuple[str, ...] = ()
+    model: DOLGConfig = DOLGConfig()
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            object.__setattr__(self, "model", DOLGConfig.from_dict(self.model))
+        if isinstance(self.beam_args, list):
+            object.__setattr__(self, "beam_args", tuple(self.beam_args))
+        self.validate()
+
+    def validate(self):
+        import re
+
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,127}", self.pipeline_name):
+            raise ConfigError("pipeline_name", self.pipeline_name, "must match [a-z0-9][a-z0-9-]{0,127}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ConfigError("eval_fraction", self.eval_fraction, "must be in (0, 1)")
+        for name in ("max_bytes", "max_pixels", "batch_size", "train_steps", "steps_per_epoch",
+                     "eval_batch_size", "beam_workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, value, "must be an integer >= 1")
+        if self.resize_mode not in ("pad", "squash"):
+            raise ConfigError("resize_mode", self.resize_mode, "choose 'pad' or 'squash'")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError("optimizer", self.optimizer, "choose 'sgd' or 'adamw'")
+        if not self.learning_rate > 0:
+            raise ConfigError("learning_rate", self.learning_rate, "must be > 0")
+        if self.warmup_steps < 0 or self.warmup_steps > self.train_steps:
+            raise ConfigError("warmup_steps", self.warmup_steps, f"must be in [0, train_steps={self.train_steps}]")
+        if self.mixed_precision not in ("auto", "on", "off"):
+            raise ConfigError("mixed_precision", self.mixed_precision, "choose 'auto', 'on' or 'off'")
+        if self.beam_mode not in ("in_memory", "multi_processing"):
+            raise ConfigError("beam_mode", self.beam_mode, "choose 'in_memory' or 'multi_processing'")
+        if self.max_map_drop is not None and self.max_map_drop < 0:
+            raise ConfigError("max_map_drop", self.max_map_drop, "must be >= 0 or null")
+
+    @property
+    def epochs(self) -> int:
+        return -(-self.train_steps // self.steps_per_epoch)
+
+    def replace(self, **changes) -> "PipelineConfig":
+        model_changes = changes.pop("model", None)
+        if isinstance(model_changes, dict):
+            changes["model"] = self.model.replace(**model_changes)
+        elif model_changes is not None:
+            changes["model"] = model_changes
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PipelineConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(unknown[0], values[unknown[0]], "no such field in PipelineConfig")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PipelineConfig":
+        return cls.from_dict(json.loads(text))
+
+
+# Presets. "paper" is the authors' recipe for GPUs; the others fit a 2-core CPU.
+PRESETS = {
+    "paper": PipelineConfig(
+        batch_size=64, train_steps=100_000, steps_per_epoch=1000, learning_rate=0.01, warmup_steps=5000,
+        eval_batch_size=64, model=DOLGConfig(backbone="resnet50", image_size=512, weights="imagenet")),
+    "cpu-demo": PipelineConfig(
+        batch_size=32, train_steps=300, steps_per_epoch=50, learning_rate=0.05, warmup_steps=20,
+        min_map=0.05, max_map_drop=0.05,
+        model=DOLGConfig(backbone="mobilenetv3small", image_size=96, embedding_dim=128, local_dim=256,
+                         head="arcface", scale=16.0, margin=0.1, bn_momentum=0.9, scales=(1.0,))),
+    "tiny": PipelineConfig(
+        batch_size=16, train_steps=20, steps_per_epoch=10, learning_rate=0.05, warmup_steps=2,
+        min_map=0.0, max_map_drop=None, eval_batch_size=16,
+        model=DOLGConfig(backbone="mobilenetv3small", image_size=64, embedding_dim=32, local_dim=48,
+                         head="arcface", scale=16.0, margin=0.1, bn_momentum=0.9, scales=(1.0,))),
+}
+
+
+def load_config(preset: str = "cpu-demo", path: Optional[str] = None, **overrides) -> PipelineConfig:
+    """A preset, updated from a JSON file (any subset of fields, "model" as a dict), then overrides."""
+    if preset not in PRESETS:
+        raise ConfigError("preset", preset, f"choose one of {sorted(PRESETS)}")
+    config = PRESETS[preset]
+    if path:
+        try:
+            values = json.loads(pathlib.Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError("config file", path, f"cannot be read as JSON: {err}") from err
+        for key in values:
+            if key not in {f.name for f in dataclasses.fields(PipelineConfig)}:
+                raise ConfigError(key, values[key], f"no such field in PipelineConfig (in {path})")
+        config = config.replace(**values)
+    return config.replace(**overrides) if overrides else config
