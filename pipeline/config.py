@@ -27,7 +27,6 @@ class PipelineConfig:
       learning_rate, warmup_steps, weight_decay: the schedule (warm-up then cosine).
       augment: random resized crop, horizontal flip and colour jitter in training.
       mixed_precision: "auto" (on when a GPU is present), "on" or "off".
-      eval_batch_size: batch of the Evaluator's embedding pass.
       min_map: the Evaluator blesses only above this retrieval mAP.
       max_map_drop: and only if mAP fell by at most this much from the last blessed model.
       beam_mode: "in_memory" or "multi_processing" for the DirectRunner.
@@ -50,7 +49,6 @@ class PipelineConfig:
     weight_decay: float = 1e-4
     augment: bool = True
     mixed_precision: str = "auto"
-    eval_batch_size: int = 32
     min_map: float = 0.0
     max_map_drop: Optional[float] = 0.01
     beam_mode: str = "in_memory"
@@ -73,7 +71,7 @@ class PipelineConfig:
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError("eval_fraction", self.eval_fraction, "must be in (0, 1)")
         for name in ("max_bytes", "max_pixels", "batch_size", "train_steps", "steps_per_epoch",
-                     "eval_batch_size", "beam_workers"):
+                     "beam_workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(name, value, "must be an integer >= 1")
@@ -127,7 +125,7 @@ class PipelineConfig:
 PRESETS = {
     "paper": PipelineConfig(
         batch_size=64, train_steps=100_000, steps_per_epoch=1000, learning_rate=0.01, warmup_steps=5000,
-        eval_batch_size=64, model=DOLGConfig(backbone="resnet50", image_size=512, weights="imagenet")),
+        model=DOLGConfig(backbone="resnet50", image_size=512, weights="imagenet")),
     "cpu-demo": PipelineConfig(
         batch_size=32, train_steps=300, steps_per_epoch=50, learning_rate=0.05, warmup_steps=20,
         min_map=0.05, max_map_drop=0.05,
@@ -135,7 +133,7 @@ PRESETS = {
                          head="arcface", scale=16.0, margin=0.1, bn_momentum=0.9, scales=(1.0,))),
     "tiny": PipelineConfig(
         batch_size=16, train_steps=20, steps_per_epoch=10, learning_rate=0.05, warmup_steps=2,
-        min_map=0.0, max_map_drop=None, eval_batch_size=16,
+        min_map=0.0, max_map_drop=None,
         model=DOLGConfig(backbone="mobilenetv3small", image_size=64, embedding_dim=32, local_dim=48,
                          head="arcface", scale=16.0, margin=0.1, bn_momentum=0.9, scales=(1.0,))),
 }

@@ -1,0 +1,154 @@
+"""Runs the pipeline locally (LocalDagRunner, Beam DirectRunner, ML Metadata in SQLite) and
+summarises a run from ML Metadata: images ingested and rejected, mAP, blessing, push."""
+import dataclasses
+import json
+import os
+from typing import Optional
+
+from absl import logging
+
+from pipeline.config import PipelineConfig
+
+
+@dataclasses.dataclass
+class Layout:
+    """Where a local run keeps things, all under one output folder."""
+
+    output: str
+
+    @property
+    def pipeline_root(self):
+        return os.path.join(self.output, "pipeline")
+
+    @property
+    def metadata_path(self):
+        return os.path.join(self.output, "metadata.sqlite")
+
+    @property
+    def serving_model_dir(self):
+        return os.path.join(self.output, "serving_model")
+
+
+def run(config: PipelineConfig, data: str, output: str, enable_cache: bool = True) -> dict:
+    """Runs the whole pipeline on `data` into `output` and returns summarise()'s dict."""
+    from tfx import v1 as tfx
+
+    from pipeline.pipeline import create_pipeline
+
+    layout = Layout(os.path.abspath(output))
+    os.makedirs(layout.output, exist_ok=True)
+    logging.set_verbosity(logging.INFO)
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(
+        config, os.path.abspath(data), layout.pipeline_root, layout.serving_model_dir,
+        metadata_path=layout.metadata_path, enable_cache=enable_cache))
+    return summarise(layout)
+
+
+def _store(layout):
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.sqlite.filename_uri = layout.metadata_path
+    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(cfg)
+
+
+def latest_run_executions(layout):
+    """(store, executions of the latest pipeline run, keyed by component id)."""
+    store = _store(layout)
+    runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: c.create_time_since_epoch)
+    if not runs:
+        raise RuntimeError(f"no pipeline run recorded in {layout.metadata_path}")
+    node_type = store.get_context_type("node").id
+    executions = {}
+    for execution in store.get_executions_by_context(runs[-1].id):
+        # Each execution also belongs to a "node" context named "<pipeline>.<component id>".
+        nodes = [c for c in store.get_contexts_by_execution(execution.id) if c.type_id == node_type]
+        if nodes:
+            executions[nodes[0].name.split(".", 1)[1]] = execution
+    return store, runs[-1], executions
+
+
+def _outputs(store, execution, type_name):
+    from ml_metadata.proto import metadata_store_pb2
+
+    events = store.get_events_by_execution_ids([execution.id])
+    ids = [e.artifact_id for e in events if e.type in (metadata_store_pb2.Event.OUTPUT,
+                                                        metadata_store_pb2.Event.DECLARED_OUTPUT)]
+    arts = store.get_artifacts_by_id(ids)
+    wanted = {t.id for t in store.get_artifact_types() if t.name == type_name}
+    return [a for a in arts if a.type_id in wanted]
+
+
+def evaluation_metrics(uri) -> dict:
+    """The candidate's overall-slice metrics of a ModelEvaluation artifact: {name: value}."""
+    import tensorflow_model_analysis as tfma
+
+    values = {}
+    for metrics in tfma.load_metrics(uri):
+        if metrics.slice_key.single_slice_keys:
+            continue
+        for item in metrics.metric_keys_and_values:
+            if item.key.is_diff or item.key.model_name not in ("", "candidate"):
+                continue
+            if item.value.HasField("double_value"):
+                values[item.key.name] = item.value.double_value.value
+    return values
+
+
+def summarise(layout) -> dict:
+    """What the latest run did, read back from ML Metadata and the artifacts."""
+    store, run_context, executions = latest_run_executions(layout)
+    summary = {"run": run_context.name, "components": {k: _state(v) for k, v in executions.items()}}
+    if "ImageExampleGen" in executions:
+        [report] = _outputs(store, executions["ImageExampleGen"], "dolg_tfx.IngestionReport") or [None]
+        if report is not None:
+            with open(os.path.join(report.uri, "summary.json")) as f:
+                summary["ingestion"] = json.load(f)
+            summary["ingestion_report"] = os.path.join(report.uri, "rejected.jsonl")
+        [examples] = _outputs(store, executions["ImageExampleGen"], "Examples") or [None]
+        summary["examples"] = examples.uri if examples is not None else None
+    if "Evaluator" in executions:
+        [evaluation] = _outputs(store, executions["Evaluator"], "ModelEvaluation") or [None]
+        if evaluation is not None:
+            summary["metrics"] = evaluation_metrics(evaluation.uri)
+        [blessing] = _outputs(store, executions["Evaluator"], "ModelBlessing") or [None]
+        if blessing is not None:
+            summary["blessed"] = blessing.custom_properties["blessed"].int_value == 1
+    if "Trainer" in executions:
+        [model] = _outputs(store, executions["Trainer"], "Model") or [None]
+        summary["model"] = os.path.join(model.uri, "Format-Serving") if model else None
+    if "Pusher" in executions:
+        [pushed] = _outputs(store, executions["Pusher"], "PushedModel") or [None]
+        if pushed is not None and pushed.custom_properties["pushed"].int_value == 1:
+            summary["pushed_to"] = pushed.custom_properties["pushed_destination"].string_value
+        else:
+            summary["pushed_to"] = None
+    return summary
+
+
+def _state(execution) -> str:
+    from ml_metadata.proto import metadata_store_pb2
+
+    return metadata_store_pb2.Execution.State.Name(execution.last_known_state)
+
+
+def format_summary(summary: dict) -> str:
+    ing = summary.get("ingestion", {})
+    metrics = summary.get("metrics", {})
+    lines = [f"Run {summary['run']}"]
+    if ing:
+        split = ing["emitted"]
+        lines.append(f"  images: {ing['emitted_total']} ingested (train {split['train']}, eval {split['eval']}), "
+                     f"{ing['rejected']} rejected (report: {summary.get('ingestion_report')})")
+    if metrics:
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if not k.endswith("num_queries"))
+        lines.append(f"  held-out retrieval: {shown}")
+    if "blessed" in summary:
+        lines.append(f"  model {'BLESSED' if summary['blessed'] else 'NOT BLESSED'}")
+    lines.append(f"  pushed to: {summary.get('pushed_to') or 'nothing pushed'}")
+    cached = [k for k, v in summary["components"].items() if v == "CACHED"]
+    if cached:
+        lines.append(f"  reused from cache: {', '.join(sorted(cached))}")
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""create_pipeline(): wiring only. Every parameter comes from the PipelineConfig.
+
+ImageExampleGen -> StatisticsGen + ImportSchemaGen -> ExampleValidator -> AnomalyGate
+  -> Transform (analysis only: decoded images are never materialised) -> Trainer
+  -> Evaluator (retrieval mAP on unseen labels, against the latest blessed model) -> Pusher
+"""
+import os
+from typing import List, Optional
+
+from tfx import v1 as tfx
+
+from components.image_example_gen import ImageExampleGen
+from components.retrieval.tfma_metric import eval_config as retrieval_eval_config
+from pipeline.anomaly_gate import AnomalyGate
+from pipeline.config import PipelineConfig
+
+SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "schema.pbtxt")
+PREPROCESSING_FN = "pipeline.preprocessing.preprocessing_fn"
+RUN_FN = "pipeline.trainer.run_fn"
+
+
+def beam_pipeline_args(config: PipelineConfig) -> List[str]:
+    args = [f"--direct_running_mode={config.beam_mode}"]
+    if config.beam_mode == "multi_processing":
+        args.append(f"--direct_num_workers={config.beam_workers}")
+    return args + list(config.beam_args)
+
+
+def evaluation_config(config: PipelineConfig):
+    eval_config = retrieval_eval_config(min_map=config.min_map, max_map_drop=config.max_map_drop)
+    # A generic SavedModel: TFMA then calls the signature and never tries a Keras load.
+    for spec in eval_config.model_specs:
+        spec.model_type = "tf_generic"
+    return eval_config
+
+
+def create_pipeline(config: PipelineConfig, data: str, pipeline_root: str, serving_model_dir: str,
+                    metadata_path: Optional[str] = None, enable_cache: bool = True,
+                    trainer_resources=None) -> tfx.dsl.Pipeline:
+    """The DOLG-TFX pipeline.
+
+    Args:
+      config: the run's parameters.
+      data: a folder tree root/<label>/<image> or a GLDv2-style CSV manifest.
+      pipeline_root: where components write their artifacts.
+      serving_model_dir: the Pusher's destination (TF Serving layout <dir>/<version>/).
+      metadata_path: ML Metadata SQLite file (local runs); None when the orchestrator owns MLMD.
+      enable_cache: reuse a component's outputs when its inputs and parameters are unchanged.
+      trainer_resources: optional callback(trainer) that sets platform resources (e.g. a GPU
+        request on Kubeflow); local runs leave it None.
+    """
+    config_json = config.to_json()
+    example_gen = ImageExampleGen(input_base=data, eval_fraction=config.eval_fraction,
+                                  max_bytes=config.max_bytes, max_pixels=config.max_pixels)
+    statistics = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema = tfx.components.ImportSchemaGen(schema_file=SCHEMA_FILE)
+    validator = tfx.components.ExampleValidator(statistics=statistics.outputs["statistics"],
+                                                schema=schema.outputs["schema"])
+    gate = AnomalyGate(anomalies=validator.outputs["anomalies"])
+
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN, materialize=False,
+        splits_config=tfx.proto.SplitsConfig(analyze=["train"]),
+        custom_config={"config": config_json})
+    transform.add_upstream_node(gate)
+
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN, examples=example_gen.outputs["examples"],
+        transform_graph=transform.outputs["transform_graph"], schema=schema.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=config.train_steps),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=0),
+        custom_config={"config": config_json, "backup_root": os.path.join(pipeline_root, "_trainer_backup")})
+    if trainer_resources is not None:
+        trainer_resources(trainer)
+
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=baseline.outputs["model"], schema=schema.outputs["schema"],
+        eval_config=evaluation_config(config), example_splits=["eval"])
+
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name, pipeline_root=pipeline_root,
+        components=[example_gen, statistics, schema, validator, gate, transform, trainer, baseline,
+                    evaluator, pusher],
+        enable_cache=enable_cache,
+        metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
+                                    if metadata_path else None),
+        beam_pipeline_args=beam_pipeline_args(config))

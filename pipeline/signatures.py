@@ -1,0 +1,72 @@
+"""The exported SavedModel's signatures.
+
+- serving_default: encoded image bytes [None] -> {"embedding": [None, D]} (TF Serving, clients)
+- serving_examples: serialized tf.Examples [None] -> {"embedding"} (the Evaluator, batch jobs)
+- transform_features: serialized tf.Examples -> the Transform graph's outputs
+- attention: encoded image bytes -> {"attention": [None, h, w]} (explanations)
+
+Every image path goes through the Transform graph, so serving decodes exactly as training did;
+bad bytes raise InvalidArgumentError from its decoder (see pipeline/image_ops.py).
+"""
+import tensorflow as tf
+
+from dolg_model.model import attention_model, multi_scale_embedding
+from pipeline import features as F
+
+
+def _image_only_spec():
+    return {F.IMAGE: tf.io.FixedLenFeature([1], tf.string)}
+
+
+def build_signatures(dolg, tft_layer, raw_feature_spec, scales):
+    """Concrete functions for model.save(signatures=...).
+
+    Args:
+      dolg: the trained descriptor model.
+      tft_layer: tf_transform_output.transform_features_layer(), attached to the model by the
+        caller so its assets are saved with it.
+      raw_feature_spec: the raw data's feature spec (for transform_features).
+      scales: the multi-scale descriptor's scales.
+    """
+    attention = attention_model(dolg)
+
+    def decode(encoded):
+        out = tft_layer({F.IMAGE: tf.reshape(encoded, [-1, 1])})
+        return tf.ensure_shape(out[F.IMAGE], [None, None, None, 3])
+
+    def embed(encoded):
+        return {F.EMBEDDING: multi_scale_embedding(dolg, decode(encoded), scales)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.IMAGES_INPUT)])
+    def serve_images(images):
+        return embed(images)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.EXAMPLES_INPUT)])
+    def serve_examples(examples):
+        parsed = tf.io.parse_example(examples, _image_only_spec())
+        return embed(parsed[F.IMAGE])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.EXAMPLES_INPUT)])
+    def transform_features(examples):
+        return tft_layer(tf.io.parse_example(examples, raw_feature_spec))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.IMAGES_INPUT)])
+    def serve_attention(images):
+        return {"attention": attention(decode(images), training=False)}
+
+    return {
+        "serving_default": serve_images.get_concrete_function(),
+        "serving_examples": serve_examples.get_concrete_function(),
+        "transform_features": transform_features.get_concrete_function(),
+        "attention": serve_attention.get_concrete_function(),
+    }
+
+
+def export(dolg, tf_transform_output, scales, export_dir):
+    """Saves `dolg` with its signatures to `export_dir` (a Keras SavedModel, so the network
+    also reloads with tf.keras.models.load_model for fine-tuning)."""
+    dolg.tft_layer = tf_transform_output.transform_features_layer()
+    raw_spec = tf_transform_output.raw_feature_spec()
+    raw_spec.pop(F.LABEL, None)  # a serving request carries no label
+    signatures = build_signatures(dolg, dolg.tft_layer, raw_spec, scales)
+    dolg.save(export_dir, save_format="tf", signatures=signatures)
