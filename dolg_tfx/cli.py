@@ -24,6 +24,11 @@ def env_cmd():
 
 # Subcommands live beside the code they drive; importing registers them on `main`.
 from dolg_tfx import cli_model  # noqa: E402,F401
+from dolg_tfx import cli_evaluate  # noqa: E402,F401
+from dolg_tfx import cli_index  # noqa: E402,F401
+from dolg_tfx import cli_serving  # noqa: E402,F401
+from dolg_tfx import cli_pipeline  # noqa: E402,F401
+from dolg_tfx import cli_kubeflow  # noqa: E402,F401
 
 
 if __name__ == "__main__":

@@ -105,8 +105,16 @@ class PipelineConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+    def to_json(self, drop=()) -> str:
+        values = self.to_dict()
+        for name in drop:
+            values.pop(name)
+        return json.dumps(values, sort_keys=True)
+
+    def trainer_json(self) -> str:
+        """The config as the Trainer sees it: without the evaluation, ingestion and Beam fields,
+        so changing a threshold re-runs the Evaluator and Pusher but reuses the trained model."""
+        return self.to_json(drop=NOT_FOR_TRAINER)
 
     @classmethod
     def from_dict(cls, values: dict) -> "PipelineConfig":
@@ -120,6 +128,9 @@ class PipelineConfig:
     def from_json(cls, text: str) -> "PipelineConfig":
         return cls.from_dict(json.loads(text))
 
+
+NOT_FOR_TRAINER = ("pipeline_name", "eval_fraction", "max_bytes", "min_map", "max_map_drop",
+                   "beam_mode", "beam_workers", "beam_args")
 
 # Presets. "paper" is the authors' recipe for GPUs; the others fit a 2-core CPU.
 PRESETS = {

@@ -13,6 +13,7 @@ from components.image_example_gen import ImageExampleGen
 from components.retrieval.tfma_metric import eval_config as retrieval_eval_config
 from pipeline.anomaly_gate import AnomalyGate
 from pipeline.config import PipelineConfig
+from pipeline.preprocessing import transform_config
 
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "schema.pbtxt")
 PREPROCESSING_FN = "pipeline.preprocessing.preprocessing_fn"
@@ -49,7 +50,6 @@ def create_pipeline(config: PipelineConfig, data: str, pipeline_root: str, servi
       trainer_resources: optional callback(trainer) that sets platform resources (e.g. a GPU
         request on Kubeflow); local runs leave it None.
     """
-    config_json = config.to_json()
     example_gen = ImageExampleGen(input_base=data, eval_fraction=config.eval_fraction,
                                   max_bytes=config.max_bytes, max_pixels=config.max_pixels)
     statistics = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
@@ -62,7 +62,7 @@ def create_pipeline(config: PipelineConfig, data: str, pipeline_root: str, servi
         examples=example_gen.outputs["examples"], schema=schema.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN, materialize=False,
         splits_config=tfx.proto.SplitsConfig(analyze=["train"]),
-        custom_config={"config": config_json})
+        custom_config=transform_config(config))
     transform.add_upstream_node(gate)
 
     trainer = tfx.components.Trainer(
@@ -70,7 +70,7 @@ def create_pipeline(config: PipelineConfig, data: str, pipeline_root: str, servi
         transform_graph=transform.outputs["transform_graph"], schema=schema.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=config.train_steps),
         eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=0),
-        custom_config={"config": config_json, "backup_root": os.path.join(pipeline_root, "_trainer_backup")})
+        custom_config={"config": config.trainer_json(), "backup_root": os.path.join(pipeline_root, "_trainer_backup")})
     if trainer_resources is not None:
         trainer_resources(trainer)
 

@@ -15,16 +15,22 @@ from pipeline.config import PipelineConfig
 def preprocessing_fn(inputs, custom_config):
     """Args:
       inputs: raw features, dense [B, 1]: image (bytes), label (bytes), ...
-      custom_config: {"config": PipelineConfig JSON}.
+      custom_config: transform_config(): the image size, resize mode and pixel cap only, so
+        that changing a training parameter does not invalidate the cached Transform.
     """
-    config = PipelineConfig.from_json(custom_config["config"])
-    images = image_ops.decode_batch(inputs[F.IMAGE], config.model.image_size, config.resize_mode,
-                                    config.max_pixels)
+    images = image_ops.decode_batch(inputs[F.IMAGE], custom_config["image_size"],
+                                    custom_config["resize_mode"], custom_config["max_pixels"])
     labels = tf.reshape(inputs[F.LABEL], [-1])
     # Eval labels are unseen in training by design: they map to -1 and are never trained on.
     label_ids = tft.compute_and_apply_vocabulary(labels, vocab_filename=F.LABEL_VOCAB, default_value=-1)
     tft.vocabulary(labels, vocab_filename=F.LABEL_COUNTS, store_frequency=True)
     return {F.IMAGE: images, F.LABEL: label_ids}
+
+
+def transform_config(config: PipelineConfig) -> dict:
+    """What preprocessing_fn reads from the PipelineConfig."""
+    return {"image_size": config.model.image_size, "resize_mode": config.resize_mode,
+            "max_pixels": config.max_pixels}
 
 
 def class_counts(tf_transform_output) -> list:

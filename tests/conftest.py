@@ -1,9 +1,20 @@
 """Shared test set-up. Importing dolg_tfx first fixes the Keras flavour before TensorFlow loads."""
+import importlib.util
 import pathlib
 
 import dolg_tfx  # noqa: F401
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_fixture(name):
+    """tests/fixtures/<name>.py, loaded by file path: a top-level "tests" or "fixtures" package
+    installed in site-packages (some wheels ship one) must not shadow ours."""
+    spec = importlib.util.spec_from_file_location(
+        f"dolg_tfx_tests_fixtures_{name}", REPO / "tests" / "fixtures" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 import tensorflow as tf  # noqa: E402  (after dolg_tfx: tf_keras is chosen)
 

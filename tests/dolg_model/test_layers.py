@@ -123,3 +123,24 @@ def test_backbone_preprocess_modes(mode):
         "none": [0.0, 255.0, 255.0],
     }[mode]
     np.testing.assert_allclose(y, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rate, size", [(1, (5, 7)), (2, (6, 6)), (6, (14, 14)), (12, (14, 9)), (18, (14, 14)),
+                                        (4, (3, 2))])
+def test_dilated_conv3x3_equals_keras_dilated_conv(rate, size):
+    x = tf.random.normal((2, *size, 5), seed=rate)
+    ours = layers.DilatedConv3x3(4, rate, activation="relu")
+    ref = tf.keras.layers.Conv2D(4, 3, padding="same", dilation_rate=rate, activation="relu")
+    ours.build(x.shape)
+    ref.build(x.shape)
+    kernel = np.random.default_rng(rate).normal(size=(3, 3, 5, 4)).astype(np.float32)
+    bias = np.random.default_rng(rate + 1).normal(size=(4,)).astype(np.float32)
+    ours.set_weights([kernel, bias])
+    ref.set_weights([kernel, bias])
+    np.testing.assert_allclose(ours(x).numpy(), ref(x).numpy(), atol=1e-4)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        a, b = tf.reduce_sum(ours(x) ** 2), tf.reduce_sum(ref(x) ** 2)
+    np.testing.assert_allclose(tape.gradient(a, x).numpy(), tape.gradient(b, x).numpy(), atol=1e-3)
+    np.testing.assert_allclose(tape.gradient(a, ours.kernel).numpy(), tape.gradient(b, ref.kernel).numpy(),
+                               rtol=1e-4, atol=1e-3)

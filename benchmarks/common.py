@@ -1,0 +1,133 @@
+"""Shared plumbing of the benchmarks: command line, verdicts, JSON output, and one cached local
+pipeline run whose real artifacts (Examples, Transform graph, exported SavedModel) the input
+pipeline and serving benchmarks measure.
+
+Every benchmark prints markdown and, with --json OUT, writes {"title", "markdown", "missed",
+"rows"} so that benchmarks.run_all can assemble one RESULTS.md without re-parsing stdout.
+"""
+import argparse
+import json
+import os
+import shutil
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRATCH = os.path.join(REPO, "scratch", "bench")
+
+# The data sets the benchmarks run the pipeline on. 160 px JPEGs are generate_landmarks'
+# default (the demo's size), so the decode cost measured is the demo's decode cost.
+QUICK_DATA = {"n_landmarks": 10, "views_per_landmark": 6, "size": 160}
+DEMO_DATA = {"n_landmarks": 40, "views_per_landmark": 10, "size": 160}
+QUICK_PRESET, FULL_PRESET = "tiny", "cpu-demo"
+
+
+def parser(doc):
+    """argparse with the options every benchmark shares: --quick (default) / --full, --json."""
+    p = argparse.ArgumentParser(description=doc.strip().split("\n")[0])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="full", action="store_false", help="small sizes (default)")
+    mode.add_argument("--full", dest="full", action="store_true", help="the documented sizes")
+    p.set_defaults(full=False)  # store_false would otherwise make --full the default
+    p.add_argument("--json", help="also write the results to this JSON file")
+    return p
+
+
+def verdict(what, value, target, higher_is_better, unit="x"):
+    """'met' or 'MISSED by ...' for value against target; the relative shortfall is reported
+    because the targets are ratios and an absolute gap would hide how far off they are."""
+    ok = value >= target if higher_is_better else value <= target
+    sign = ">=" if higher_is_better else "<="
+    if ok:
+        return f"{what}: {value:.2f}{unit} (target {sign} {target}{unit}) met"
+    gap = (target / value if higher_is_better else value / target) if value else float("inf")
+    return (f"{what}: {value:.2f}{unit} (target {sign} {target}{unit}) MISSED by "
+            f"{abs(value - target):.2f}{unit} ({(gap - 1) * 100:.0f}% off)")
+
+
+def finish(args, title, markdown, missed, rows):
+    """Print the section and, with --json, write it for run_all."""
+    print(f"\n## {title}\n\n{markdown}")
+    for line in missed:
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"title": title, "markdown": markdown, "missed": missed, "rows": rows},
+                      f, indent=2, default=float)
+
+
+def md_table(header, rows):
+    """A markdown table from a header list and rows of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def peak_rss_mb():
+    """Peak resident set size of this process so far, MB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# --------------------------------------------------------------------------- the pipeline run
+
+def run_key(preset, data):
+    return f"{preset}-{data['n_landmarks']}x{data['views_per_landmark']}-{data['size']}px"
+
+
+def pipeline_run(preset, data, fresh=False, output=None):
+    """A complete local pipeline run of `preset` on generate_landmarks(**data).
+
+    Reused from scratch/bench/<key>/ when a previous benchmark completed one with the same key
+    (the run's summary.json is written last, so a killed run is never reused); `fresh` deletes
+    it and runs again with the TFX cache off, so every component really executes.
+
+    Returns {"output", "data", "summary", "wall_s", "reused"}.
+    """
+    from pipeline import local_runner
+    from pipeline.config import load_config
+    from pipeline.demo_data import generate_landmarks
+
+    root = output or os.path.join(SCRATCH, run_key(preset, data))
+    marker = os.path.join(root, "summary.json")
+    if not fresh and os.path.exists(marker):
+        with open(marker) as f:
+            return dict(json.load(f), reused=True)
+    shutil.rmtree(root, ignore_errors=True)
+    data_dir = os.path.join(root, "data")
+    generate_landmarks(data_dir, seed=0, **data)
+    start = time.perf_counter()
+    summary = local_runner.run(load_config(preset), data_dir, os.path.join(root, "run"),
+                               enable_cache=False)
+    result = {"output": os.path.join(root, "run"), "data": data_dir, "preset": preset,
+              "summary": summary, "wall_s": time.perf_counter() - start}
+    with open(marker, "w") as f:
+        json.dump(result, f, indent=2, default=str)
+    return dict(result, reused=False)
+
+
+def run_artifacts(output):
+    """(Examples artifact as a TFX Artifact, Transform graph URI, Trainer's exported model dir)
+    of the latest run in `output`, read from ML Metadata like the orchestrator hands them over."""
+    from tfx.types import artifact_utils
+
+    from pipeline import local_runner
+
+    layout = local_runner.Layout(output)
+    store, _, executions = local_runner.latest_run_executions(layout)
+    [examples] = local_runner._outputs(store, executions["ImageExampleGen"], "Examples")
+    [graph] = local_runner._outputs(store, executions["Transform"], "TransformGraph")
+    [model] = local_runner._outputs(store, executions["Trainer"], "Model")
+    # A TFX Artifact (not the raw MLMD proto): tfxio_utils reads its split names and payload
+    # format properties exactly as the Trainer's executor does.
+    [examples_type] = store.get_artifact_types_by_id([examples.type_id])
+    artifact = artifact_utils.deserialize_artifact(examples_type, examples)
+    return artifact, graph.uri, os.path.join(model.uri, "Format-Serving")
+
+
+def quiet_tf():
+    """Silence TF's C++ and Python chatter so the benchmark's own lines stay readable."""
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # read when TensorFlow loads: call before importing it
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)

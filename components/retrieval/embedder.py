@@ -1,0 +1,336 @@
+"""Embedding image files with a pushed DOLG SavedModel, in-process or in a Beam pipeline.
+
+The model contract (what the pipeline pushes): a SavedModel whose ``serving_default``
+signature takes ``images`` (tf.string [None], encoded image bytes) and returns ``embedding``
+(float32 [None, D], L2-normalised); undecodable bytes raise InvalidArgumentError. Multi-scale
+test-time augmentation happens inside the model, so this module only reads bytes, crops query
+boxes, batches, and isolates failures: a file that cannot be read or decoded is reported with
+its path and reason and skipped, it never aborts a whole run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from typing import Iterable, Optional, Sequence
+
+import dolg_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from tqdm.auto import tqdm
+
+from components.image_example_gen import inputs as gen_inputs
+from components.image_example_gen.checks import Rejected
+
+SIGNATURE, INPUT_KEY, OUTPUT_KEY = "serving_default", "images", "embedding"
+# Same cap as ImageExampleGen: far above any real photo, far below a decompression bomb.
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """An image that was skipped: its id, its path and why."""
+    image_id: str
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclasses.dataclass
+class EmbedResult:
+    """What an embedding run produced.
+
+    ``positions[i]`` is the index, in the input list, of the image whose id is ``ids[i]`` and
+    whose embedding is ``embeddings[i]``; inputs not in ``positions`` are in ``failures``.
+    """
+    ids: list
+    embeddings: np.ndarray
+    positions: np.ndarray
+    failures: list
+    labels: Optional[list] = None
+    paths: Optional[list] = None
+
+
+def resolve_model_dir(path: str) -> str:
+    """The SavedModel directory to load: ``path`` itself or its highest integer version.
+
+    TF Serving lays models out as ``<base>/<version>/saved_model.pb``; the pipeline's Pusher
+    writes that layout, so both the base and a version directory are accepted.
+    """
+    path = os.path.abspath(path)
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    try:
+        versions = [int(n) for n in os.listdir(path) if n.isdigit()
+                    and os.path.isfile(os.path.join(path, n, "saved_model.pb"))]
+    except OSError as err:
+        raise FileNotFoundError(f"{path}: not a model directory ({err.strerror})") from None
+    if not versions:
+        raise FileNotFoundError(f"{path}: no saved_model.pb here nor in an integer version folder")
+    return os.path.join(path, str(max(versions)))
+
+
+def crop_to_png(data: bytes, box: Sequence[float]) -> bytes:
+    """Crops encoded image bytes to ``box`` = (x1, y1, x2, y2) in pixels; returns PNG bytes.
+
+    The box is in the stored pixel frame (EXIF orientation is NOT applied) because that is the
+    frame the model's tf.io.decode_image sees for the uncropped database images too. PNG keeps
+    the crop lossless, so cropping is the only change made to the query's pixels. Coordinates
+    are rounded to whole pixels and clipped to the image, as revisitop's PIL crop does.
+    """
+    with Image.open(io.BytesIO(data)) as im:
+        im.seek(0)  # first frame of an animation, like decode_image(expand_animations=False)
+        w, h = im.size
+        x1, y1, x2, y2 = (float(v) for v in box)
+        left, top = max(0, int(round(x1))), max(0, int(round(y1)))
+        right, bottom = min(w, int(round(x2))), min(h, int(round(y2)))
+        if right <= left or bottom <= top:
+            raise ValueError(f"crop box {tuple(box)} is empty inside a {w}x{h} image")
+        crop = im.convert("RGB").crop((left, top, right, bottom))
+    out = io.BytesIO()
+    crop.save(out, format="PNG")
+    return out.getvalue()
+
+
+# TensorFlow wraps the real cause of an op error in graph boilerplate; these lines are noise.
+_TF_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[", "File ")
+
+
+def _reason(err: BaseException) -> str:
+    """One line for a report: the error type and the line of its message that says why."""
+    msg = getattr(err, "message", None) or str(err) or repr(err)
+    lines = [line.strip() for line in msg.splitlines() if line.strip()]
+    if isinstance(err, tf.errors.OpError):
+        lines = [line for line in lines if not line.startswith(_TF_NOISE)] or lines
+        return f"{type(err).__name__}: {lines[-1] if lines else ''}"
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def read_file(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """Reads a file's bytes, refusing files larger than ``max_bytes`` from their size."""
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise ValueError(f"{size} bytes > max_bytes {max_bytes}")
+    with open(path, "rb") as f:
+        return f.read(max_bytes + 1)
+
+
+class Embedder:
+    """A loaded SavedModel (loaded once) that embeds batches of encoded images."""
+
+    def __init__(self, model_dir: str):
+        self.model_dir = resolve_model_dir(model_dir)
+        self._loaded = tf.saved_model.load(self.model_dir)
+        if SIGNATURE not in self._loaded.signatures:
+            raise ValueError(f"{self.model_dir}: no {SIGNATURE!r} signature "
+                             f"(has {sorted(self._loaded.signatures)})")
+        self._fn = self._loaded.signatures[SIGNATURE]
+        _, kwargs = self._fn.structured_input_signature
+        if set(kwargs) != {INPUT_KEY}:
+            raise ValueError(f"{self.model_dir}: {SIGNATURE} takes {sorted(kwargs)}, "
+                             f"expected [{INPUT_KEY!r}]")
+        if OUTPUT_KEY not in self._fn.structured_outputs:
+            raise ValueError(f"{self.model_dir}: {SIGNATURE} returns "
+                             f"{sorted(self._fn.structured_outputs)}, expected {OUTPUT_KEY!r}")
+        self.dim = self._fn.structured_outputs[OUTPUT_KEY].shape[-1]
+
+    def embed_bytes(self, blobs: Sequence[bytes]) -> np.ndarray:
+        """Embeds encoded images in one call; raises tf.errors.OpError if any is bad."""
+        out = self._fn(**{INPUT_KEY: tf.constant(list(blobs), dtype=tf.string)})
+        return out[OUTPUT_KEY].numpy().astype(np.float32, copy=False)
+
+    def embed_blobs(self, blobs: Sequence[bytes]):
+        """Embeds a batch, isolating bad images.
+
+        The whole batch is tried first (the fast path); if the model rejects it, each image is
+        retried alone so that one bad file costs only itself.
+
+        Returns:
+          (ok, embeddings, errors): ``ok`` indices into ``blobs`` that embedded, their
+          embeddings ``[len(ok), D]``, and ``{index: reason}`` for the others.
+        """
+        if not blobs:
+            return [], np.zeros((0, self.dim or 0), np.float32), {}
+        try:
+            embs, rows = self.embed_bytes(blobs), None
+        except tf.errors.OpError:
+            embs, rows = None, []
+        errors = {}
+        if embs is None:  # find the culprits one by one
+            for i, blob in enumerate(blobs):
+                try:
+                    rows.append(self.embed_bytes([blob])[0])
+                except tf.errors.OpError as err:
+                    rows.append(None)
+                    errors[i] = _reason(err)
+            good = [r for r in rows if r is not None]
+            embs = np.stack(good) if good else np.zeros((0, self.dim or 0), np.float32)
+            ok = [i for i, r in enumerate(rows) if r is not None]
+        else:
+            ok = list(range(len(blobs)))
+        # A NaN/inf row would silently poison every ranking it takes part in: report it instead.
+        finite = np.all(np.isfinite(embs), axis=1)
+        for j in np.flatnonzero(~finite):
+            errors[ok[j]] = "non-finite embedding"
+        return [i for i, f in zip(ok, finite) if f], embs[finite], errors
+
+    def embed_files(self, paths: Sequence[str], ids: Optional[Sequence[str]] = None,
+                    boxes: Optional[Sequence[Optional[Sequence[float]]]] = None,
+                    batch_size: int = 32, max_bytes: int = DEFAULT_MAX_BYTES,
+                    progress: Optional[bool] = None, desc: str = "embedding") -> EmbedResult:
+        """Embeds image files in batches.
+
+        Args:
+          paths: image files. ids: their ids (default: the paths).
+          boxes: per file an optional (x1, y1, x2, y2) crop box (revisited queries).
+          batch_size: images per model call.
+          progress: show a progress bar (None: only when stderr is a terminal).
+        Returns:
+          An :class:`EmbedResult`; unreadable or undecodable files are in ``failures``.
+        """
+        ids = list(paths) if ids is None else list(ids)
+        if len(ids) != len(paths) or (boxes is not None and len(boxes) != len(paths)):
+            raise ValueError("paths, ids and boxes must have the same length")
+        out_pos, out_embs, failures = [], [], []
+        bar = tqdm(total=len(paths), desc=desc, unit="img", disable=None if progress is None
+                   else not progress)
+        with bar:
+            for start in range(0, len(paths), max(1, batch_size)):
+                blobs, where = [], []
+                for i in range(start, min(start + batch_size, len(paths))):
+                    try:
+                        data = read_file(paths[i], max_bytes)
+                        if boxes is not None and boxes[i] is not None:
+                            data = crop_to_png(data, boxes[i])
+                    except Exception as err:  # OSError, Pillow's many types, empty boxes
+                        failures.append((i, Failure(ids[i], paths[i], _reason(err))))
+                        continue
+                    blobs.append(data)
+                    where.append(i)
+                ok, embs, errors = self.embed_blobs(blobs)
+                out_pos.extend(where[j] for j in ok)
+                if len(ok):  # an all-failed batch may have an unknown-width empty array
+                    out_embs.append(embs)
+                failures.extend((where[j], Failure(ids[where[j]], paths[where[j]], r))
+                                for j, r in errors.items())
+                bar.update(min(start + batch_size, len(paths)) - start)
+        embs = np.concatenate(out_embs) if out_embs else np.zeros((0, self.dim or 0), np.float32)
+        failures.sort(key=lambda pair: pair[0])  # input order, whatever step failed
+        return EmbedResult(ids=[ids[i] for i in out_pos], embeddings=embs,
+                           positions=np.asarray(out_pos, dtype=np.int64),
+                           failures=[f for _, f in failures],
+                           paths=[paths[i] for i in out_pos])
+
+
+# ------------------------------------------------------------------------------ Beam --------
+class EmbedCandidatesDoFn(beam.DoFn):
+    """Embeds batches of (order, Candidate); loads the model once per DoFn instance (setup).
+
+    Main output: serialized tf.train.Example per embedded image (order, id, label, path,
+    embedding). Tagged output ``failures``: one JSON line per skipped candidate.
+    """
+    FAILURES = "failures"
+
+    def __init__(self, model_dir: str, max_bytes: int = DEFAULT_MAX_BYTES,
+                 total: Optional[int] = None, progress: Optional[bool] = None):
+        self._model_dir, self._max_bytes = model_dir, max_bytes
+        self._total, self._progress = total, progress
+        self._embedder, self._bar = None, None
+
+    def setup(self):
+        self._embedder = Embedder(self._model_dir)
+        self._bar = tqdm(total=self._total, desc="embedding gallery", unit="img",
+                         disable=None if self._progress is None else not self._progress)
+
+    def teardown(self):
+        if self._bar is not None:
+            self._bar.close()
+
+    def process(self, batch):
+        blobs, kept = [], []
+        for order, cand in batch:
+            try:  # read_candidate applies ImageExampleGen's file checks (root escape, size)
+                blobs.append(gen_inputs.read_candidate(cand, self._max_bytes))
+                kept.append((order, cand))
+            except Rejected as err:
+                yield beam.pvalue.TaggedOutput(self.FAILURES, _failure_json(
+                    order, cand, f"{err.reason}: {err.detail}"))
+        ok, embs, errors = self._embedder.embed_blobs(blobs)
+        for j, reason in errors.items():
+            yield beam.pvalue.TaggedOutput(self.FAILURES, _failure_json(*kept[j], reason))
+        for j, emb in zip(ok, embs):
+            order, cand = kept[j]
+            yield _example(order, cand, emb)
+        self._bar.update(len(batch))
+
+
+def _failure_json(order: int, cand, reason: str) -> str:
+    return json.dumps({"order": order, "id": cand.image_id, "path": cand.path, "reason": reason})
+
+
+def _example(order: int, cand, emb: np.ndarray) -> bytes:
+    def b(v):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode("utf-8")]))
+    return tf.train.Example(features=tf.train.Features(feature={
+        "order": tf.train.Feature(int64_list=tf.train.Int64List(value=[order])),
+        "id": b(cand.image_id), "label": b(cand.label), "path": b(cand.path),
+        "embedding": tf.train.Feature(float_list=tf.train.FloatList(value=emb.tolist())),
+    })).SerializeToString()
+
+
+def embed_candidates_with_beam(candidates: Sequence, model_dir: str, work_dir: str,
+                               batch_size: int = 32, max_bytes: int = DEFAULT_MAX_BYTES,
+                               progress: Optional[bool] = None,
+                               pipeline_args: Iterable[str] = ()) -> EmbedResult:
+    """Embeds ``scan_inputs`` candidates with a Beam pipeline (DirectRunner by default).
+
+    The pipeline writes embeddings as TFRecord shards of tf.train.Example and failures as JSON
+    lines under ``work_dir``; they are read back here and ordered like ``candidates``.
+    A custom DoFn rather than tfx_bsl's RunInference: RunInference feeds serialized
+    tf.Examples to the model, while this model takes raw image bytes, and per-image failure
+    isolation needs the batch-then-singles retry above.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    os.makedirs(work_dir, exist_ok=True)
+    emb_prefix, fail_prefix = os.path.join(work_dir, "embeddings"), os.path.join(work_dir, "failures")
+    options = PipelineOptions(list(pipeline_args) or ["--runner=DirectRunner",
+                                                      "--direct_num_workers=1"])
+    with beam.Pipeline(options=options) as p:
+        results = (p
+                   | "Candidates" >> beam.Create(list(enumerate(candidates)))
+                   | "Batch" >> beam.BatchElements(min_batch_size=batch_size,
+                                                   max_batch_size=batch_size)
+                   | "Embed" >> beam.ParDo(EmbedCandidatesDoFn(
+                       model_dir, max_bytes, len(candidates), progress)).with_outputs(
+                           EmbedCandidatesDoFn.FAILURES, main="embedded"))
+        _ = results.embedded | "WriteEmbeddings" >> beam.io.WriteToTFRecord(
+            emb_prefix, file_name_suffix=".tfrecord")
+        _ = results[EmbedCandidatesDoFn.FAILURES] | "WriteFailures" >> beam.io.WriteToText(
+            fail_prefix, file_name_suffix=".jsonl")
+
+    rows = []
+    for name in sorted(tf.io.gfile.glob(emb_prefix + "*.tfrecord")):
+        for rec in tf.data.TFRecordDataset(name):
+            f = tf.train.Example.FromString(rec.numpy()).features.feature
+            rows.append((f["order"].int64_list.value[0], f["id"].bytes_list.value[0].decode(),
+                         f["label"].bytes_list.value[0].decode(),
+                         f["path"].bytes_list.value[0].decode(),
+                         np.asarray(f["embedding"].float_list.value, np.float32)))
+    rows.sort(key=lambda r: r[0])
+    failures = []
+    for name in sorted(tf.io.gfile.glob(fail_prefix + "*.jsonl")):
+        with open(name, encoding="utf-8") as fh:
+            failures.extend(json.loads(line) for line in fh if line.strip())
+    failures.sort(key=lambda d: d["order"])
+    dim = len(rows[0][4]) if rows else 0
+    return EmbedResult(
+        ids=[r[1] for r in rows], labels=[r[2] for r in rows], paths=[r[3] for r in rows],
+        embeddings=np.stack([r[4] for r in rows]) if rows else np.zeros((0, dim), np.float32),
+        positions=np.asarray([r[0] for r in rows], dtype=np.int64),
+        failures=[Failure(d["id"], d["path"], d["reason"]) for d in failures])

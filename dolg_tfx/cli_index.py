@@ -1,0 +1,198 @@
+"""`dolg-tfx index build` and `dolg-tfx search`: a searchable gallery from a pushed model.
+
+``index build`` enumerates the gallery with ImageExampleGen's ``scan_inputs`` (a folder tree
+``root/<label>/<image>`` or a GLDv2-style CSV ``id,landmark_id[,path]``), embeds it with a
+Beam pipeline (DirectRunner; the model is loaded once per worker) and saves a
+``components.retrieval.index.GalleryIndex``. ``search`` embeds one query image, prints the
+top k gallery images with their scores and can draw them as a PNG grid.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Optional
+
+import click
+
+from dolg_tfx.cli import main
+
+# Grid geometry (pixels): each tile is a CELL x CELL thumbnail inside a BORDER-wide coloured
+# frame, with a CAPTION strip under it; tiles are PAD apart. grid_size() is the one formula.
+CELL, BORDER, CAPTION, PAD = 128, 5, 18, 6
+QUERY_COLOUR, SAME_COLOUR, OTHER_COLOUR, UNKNOWN_COLOUR = (40, 90, 220), (20, 170, 60), (210, 40, 40), (150, 150, 150)
+
+
+def grid_size(n_results: int) -> tuple[int, int]:
+    """(width, height) of the grid for a query and ``n_results`` results in one row."""
+    tile = CELL + 2 * BORDER
+    return PAD + (n_results + 1) * (tile + PAD), PAD + tile + CAPTION + PAD
+
+
+def _thumbnail(path: Optional[str]):
+    """An RGB thumbnail that fits CELL x CELL (upright per EXIF), or None if unreadable."""
+    from PIL import Image, ImageOps
+
+    if not path:
+        return None
+    try:
+        with Image.open(path) as im:
+            im.seek(0)
+            # contain() scales up as well as down: small images must still fill the cell.
+            return ImageOps.contain(ImageOps.exif_transpose(im).convert("RGB"), (CELL, CELL))
+    except Exception:  # Pillow raises many types; a missing thumbnail must not stop the grid
+        return None
+
+
+def render_grid(query_path: str, query_label: Optional[str], results: list, out_path: str) -> None:
+    """Writes the PNG grid: the query (blue frame), then each result.
+
+    A result's frame is green when its label equals the query's, red when it differs, and
+    grey when either label is unknown (no claim can be made then).
+    ``results``: (rank, score, id, label, path) tuples, best first.
+    """
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("RGB", grid_size(len(results)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    tile = CELL + 2 * BORDER
+    tiles = [(query_path, QUERY_COLOUR, "query")]
+    for rank, score, _, label, path in results:
+        if query_label is None or label is None:
+            colour = UNKNOWN_COLOUR
+        else:
+            colour = SAME_COLOUR if label == query_label else OTHER_COLOUR
+        tiles.append((path, colour, f"#{rank} {score:.3f}"))
+    for t, (path, colour, caption) in enumerate(tiles):
+        x0, y0 = PAD + t * (tile + PAD), PAD
+        draw.rectangle([x0, y0, x0 + tile - 1, y0 + tile - 1], fill=colour)
+        draw.rectangle([x0 + BORDER, y0 + BORDER, x0 + BORDER + CELL - 1, y0 + BORDER + CELL - 1],
+                       fill=(32, 32, 32))
+        thumb = _thumbnail(path)
+        if thumb is not None:  # centred in the cell, aspect ratio kept
+            canvas.paste(thumb, (x0 + BORDER + (CELL - thumb.width) // 2,
+                                 y0 + BORDER + (CELL - thumb.height) // 2))
+        else:
+            draw.text((x0 + BORDER + CELL // 2 - 3, y0 + BORDER + CELL // 2 - 6), "?",
+                      fill=(255, 255, 255))
+        draw.text((x0 + 2, y0 + tile + 3), caption, fill=(0, 0, 0))
+    canvas.save(out_path, format="PNG")
+
+
+def infer_query_label(image_path: str, index) -> Optional[str]:
+    """The query's label when the gallery tells it: the label of the gallery entry with the
+    same file, else the query's parent folder name when that is one of the gallery's labels."""
+    if not index.labels:
+        return None
+    # Gallery paths are stored absolute (as scanned); compare strings, not one realpath per
+    # gallery entry, which would stat every file of a large gallery.
+    real, absolute = os.path.realpath(image_path), os.path.abspath(image_path)
+    for path, label in zip(index.paths or (), index.labels):
+        if path in (real, absolute):
+            return label
+    parent = os.path.basename(os.path.dirname(real))
+    return parent if parent in set(index.labels) else None
+
+
+@main.group("index")
+def index_group():
+    """Build gallery indexes for `dolg-tfx search`."""
+
+
+@index_group.command("build")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The pushed SavedModel (a version folder, or the base with version folders).")
+@click.option("--images", required=True, type=click.Path(exists=True),
+              help="Gallery: a folder root/<label>/<image> or a CSV id,landmark_id[,path].")
+@click.option("--images-subdir", default=None,
+              help="CSV only: the image root relative to the CSV (default: the CSV's stem).")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Index directory to write.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "exact", "hnsw"]),
+              help="auto: faiss HNSW from 20,000 images when faiss is installed, else exact.")
+@click.option("--max-bytes", default=50 * 1024 * 1024, show_default=True,
+              type=click.IntRange(min=1), help="Skip image files larger than this.")
+def build(model_dir, images, images_subdir, output, batch_size, backend, max_bytes):
+    """Embed a gallery with a Beam pipeline and write a searchable index."""
+    from components.image_example_gen import scan_inputs
+    from components.retrieval.embedder import embed_candidates_with_beam, resolve_model_dir
+    from components.retrieval.index import GalleryIndex
+
+    try:
+        model_dir = resolve_model_dir(model_dir)
+        candidates = scan_inputs(images, images_subdir)
+    except (OSError, ValueError) as err:
+        raise click.ClickException(str(err))
+    if not candidates:
+        raise click.ClickException(f"{images}: no images found")
+    # Beam's shards are scratch: they live beside nothing the user owns and go when done.
+    with tempfile.TemporaryDirectory(prefix="dolg-tfx-index-") as work:
+        res = embed_candidates_with_beam(candidates, model_dir, work, batch_size, max_bytes)
+    for f in res.failures:
+        click.echo(f"skipped {f.path}: {f.reason}", err=True)
+    if not res.ids:
+        raise click.ClickException("no gallery image could be embedded")
+    try:
+        index = GalleryIndex(res.ids, res.embeddings, labels=res.labels, paths=res.paths,
+                             model=model_dir, backend=backend)
+    except (ImportError, ValueError) as err:
+        raise click.ClickException(str(err))
+    index.save(output)
+    click.echo(f"indexed {len(index)} of {len(candidates)} images ({len(res.failures)} skipped), "
+               f"dim {index.dim}, backend {index.backend} -> {output}")
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="An index written by `dolg-tfx index build`.")
+@click.option("--model", "model_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="The SavedModel to embed the query with (default: the index's model).")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--grid", type=click.Path(dir_okay=False), help="Write a PNG of query + top k.")
+@click.option("--label", default=None,
+              help="The query's label (default: inferred from the gallery or its folder).")
+@click.option("--box", nargs=4, type=float, default=None, metavar="X1 Y1 X2 Y2",
+              help="Crop the query to this box (pixels) before embedding.")
+@click.option("--exact", is_flag=True, help="Search exactly even if the index has an HNSW graph.")
+def search(image, index_dir, model_dir, k, grid, label, box, exact):
+    """Print the gallery images nearest to IMAGE: rank, score, id, label (tab-separated)."""
+    import tensorflow as tf
+
+    from components.retrieval.embedder import Embedder, crop_to_png, read_file
+    from components.retrieval.index import GalleryIndex
+
+    try:
+        index = GalleryIndex.load(index_dir)
+    except (OSError, ValueError) as err:
+        raise click.ClickException(f"cannot load the index: {err}")
+    model_dir = model_dir or index.model
+    if not model_dir:
+        raise click.ClickException("the index records no model; pass --model")
+    embedder = Embedder(model_dir)
+    if index.model and os.path.realpath(embedder.model_dir) != os.path.realpath(index.model):
+        click.echo(f"warning: the index was built with {index.model}; embeddings of another "
+                   "model are not comparable", err=True)
+    try:
+        data = read_file(image)
+        if box:
+            data = crop_to_png(data, box)
+        emb = embedder.embed_bytes([data])
+    except (OSError, ValueError, tf.errors.OpError) as err:
+        raise click.ClickException(f"{image}: cannot embed the query ({type(err).__name__}: "
+                                   f"{getattr(err, 'message', err)})")
+    if emb.shape[1] != index.dim:
+        raise click.ClickException(f"the model gives dim {emb.shape[1]}, the index has {index.dim}")
+    scores, rows = index.search(emb, k, exact=exact)
+    query_label = label if label is not None else infer_query_label(image, index)
+    results = []
+    for rank, (score, row) in enumerate(zip(scores[0], rows[0]), start=1):
+        lab = index.labels[row] if index.labels else None
+        path = index.paths[row] if index.paths else None
+        results.append((rank, float(score), index.ids[row], lab, path))
+        click.echo(f"{rank}\t{score:.4f}\t{index.ids[row]}\t{'' if lab is None else lab}")
+    if grid:
+        render_grid(image, query_label, results, grid)
+        click.echo(f"wrote {grid} (query label: {query_label if query_label is not None else 'unknown'})",
+                   err=True)

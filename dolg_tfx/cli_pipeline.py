@@ -1,0 +1,57 @@
+"""`dolg-tfx run` and `dolg-tfx demo`: the pipeline on a user's data, or on the synthetic demo."""
+import os
+
+import click
+
+from dolg_tfx.cli import main
+
+
+def _load(preset, config_file, overrides=None):
+    from dolg_model.config import ConfigError
+    from pipeline.config import load_config
+
+    try:
+        return load_config(preset, config_file, **(overrides or {}))
+    except ConfigError as err:
+        raise click.ClickException(str(err))
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True),
+              help="A folder tree root/<label>/<image> or a GLDv2-style CSV (id,landmark_id).")
+@click.option("--output", required=True, type=click.Path(file_okay=False),
+              help="Pipeline root, ML Metadata and the pushed model go here.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="JSON file with PipelineConfig fields (\"model\" holds DOLGConfig fields).")
+@click.option("--preset", default="cpu-demo", show_default=True, help="paper, cpu-demo or tiny.")
+@click.option("--no-cache", is_flag=True, help="Run every component even if its inputs are unchanged.")
+def run(data, output, config_file, preset, no_cache):
+    """Run the whole pipeline on your images and print a summary."""
+    from pipeline import local_runner
+
+    config = _load(preset, config_file)
+    summary = local_runner.run(config, data, output, enable_cache=not no_cache)
+    click.echo(local_runner.format_summary(summary))
+
+
+@main.command()
+@click.option("--output", default="outputs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--landmarks", default=40, show_default=True, help="Synthetic landmarks to draw.")
+@click.option("--views", default=12, show_default=True, help="Views of each landmark.")
+@click.option("--preset", default="cpu-demo", show_default=True)
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False))
+def demo(output, landmarks, views, preset, config_file):
+    """Generate synthetic landmarks, run the pipeline, compare trained and untrained mAP,
+    and query the pushed model."""
+    from pipeline import demo_report, local_runner
+    from pipeline.demo_data import generate_landmarks
+
+    config = _load(preset, config_file)
+    data = os.path.join(output, "data")
+    if not os.path.isdir(data):
+        info = generate_landmarks(data, n_landmarks=landmarks, views_per_landmark=views,
+                                  size=max(160, config.model.image_size), seed=0)
+        click.echo(f"Generated {info['n_images']} images of {landmarks} synthetic landmarks in {data}")
+    summary = local_runner.run(config, data, os.path.join(output, "run"))
+    click.echo(local_runner.format_summary(summary))
+    click.echo(demo_report.report(config, summary, data))

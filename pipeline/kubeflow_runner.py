@@ -1,0 +1,332 @@
+"""Compile the DOLG-TFX pipeline for Kubeflow Pipelines 2 / Vertex AI Pipelines, and submit it.
+
+``compile_pipeline`` builds the same ``create_pipeline()`` as local runs (without an MLMD path:
+the orchestrator owns ML Metadata) and compiles it with TFX's KubeflowV2DagRunner:
+
+* ``*.yaml`` / ``*.yml``: the bare PipelineSpec, what ``kfp.Client`` uploads to a Kubeflow
+  Pipelines 2 cluster. Compiled with pipeline-spec schema 2.1 because the KFP 2 backend's
+  driver only resolves 2.1 constants (``runtimeValue.constant``); the 2.0 form
+  (``constantValue``) fails there with "param runtime value spec ... not implemented".
+* ``*.json``: a Vertex AI PipelineJob (``pipelineSpec`` + ``runtimeConfig.gcsOutputDirectory``),
+  schema 2.0, TFX's default for Vertex.
+
+Both get ``pipelineSpec.defaultPipelineRoot = pipeline_root``: the bare YAML carries no
+runtimeConfig, and without it a KFP run would put artifacts under the cluster's default root.
+
+Every step runs ``python -m tfx...kubeflow_v2_run_executor`` in ``image`` (kubeflow/Dockerfile),
+so the project's modules are imported from the image: Transform and Trainer are referenced by
+import path (``pipeline.preprocessing.preprocessing_fn``, ``pipeline.trainer.run_fn``), never by
+``module_file``. That matters: TFX packs a ``module_file`` into a wheel under
+``<pipeline_root>/_wheels`` AT COMPILE TIME (``UserModuleFilePipDependency.resolve``), i.e. a
+compile for ``gs://`` would need GCS credentials. With import paths nothing is packed and
+compiling is offline; ``compile_pipeline`` refuses a component with a ``module_file`` to keep it so.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Dict, Iterable, List, Optional, Sequence
+
+PIPELINE_NAME_RULE = r"[a-z0-9][a-z0-9-]{0,127}"
+# Where kubeflow/Dockerfile puts schemas/ (tests check the two agree). The compiling machine's
+# checkout path, which create_pipeline() bakes into ImportSchemaGen, does not exist in the pod.
+CONTAINER_SCHEMA_FILE = "/opt/dolg-tfx/schemas/schema.pbtxt"
+# A Kubernetes extended resource name (KFP) vs a Vertex accelerator enum name.
+_K8S_RESOURCE = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?")
+_VERTEX_ACCELERATOR = re.compile(r"[A-Z][A-Z0-9_]*")
+DEFAULT_GPU_TYPE = {"yaml": "nvidia.com/gpu", "json": "NVIDIA_TESLA_T4"}
+_CPU = re.compile(r"(\d+(\.\d+)?)(m?)")
+_MEMORY = re.compile(r"(\d+(\.\d+)?)([KMGTPE]i?)?")
+_MEMORY_UNIT = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+                "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+# ImageExampleGen lists and reads its input with os.walk/open (a mounted path, not gs://), so
+# it must run inside its own pod: a remote Beam runner's workers do not see that mount.
+_POD_LOCAL_BEAM_COMPONENTS = ("ImageExampleGen",)
+
+log = logging.getLogger(__name__)
+
+
+def output_format(output_file: str) -> str:
+    """'yaml' or 'json' from the file name, as KubeflowV2DagRunner decides (anything that is not
+    .yaml/.yml becomes JSON there; here an unknown extension is an error, not a silent JSON)."""
+    lower = output_file.lower()
+    if lower.endswith((".yaml", ".yml")):
+        return "yaml"
+    if lower.endswith(".json"):
+        return "json"
+    raise ValueError(f"output file {output_file!r}: use .yaml (Kubeflow Pipelines PipelineSpec) "
+                     "or .json (Vertex AI PipelineJob)")
+
+
+def validate_pipeline_name(name: str) -> str:
+    """Kubeflow's rule: lowercase letters, digits and '-', starting with a letter or digit."""
+    if not isinstance(name, str) or not re.fullmatch(PIPELINE_NAME_RULE, name):
+        raise ValueError(f"pipeline name {name!r} is not valid for Kubeflow: it must match "
+                         f"{PIPELINE_NAME_RULE} (lowercase letters, digits and '-', at most 128 "
+                         "characters, not starting with '-')")
+    return name
+
+
+def _has_scheme(path: str) -> bool:
+    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path) is not None
+
+
+def validate_locations(pipeline_root: str, data: str, serving_model_dir: str) -> None:
+    """Rejects locations that cannot work when every step runs in its own pod.
+
+    pipeline_root: an object-store URI (gs://...): TFX writes artifacts with tf.io.gfile and
+      Vertex requires gs://. data: a path mounted in the pod (ImageExampleGen reads with
+      os/open; on Vertex, Cloud Storage is mounted at /gcs/<bucket>/...). serving_model_dir:
+      a URI or an absolute (mounted) path; the Pusher writes with tf.io.gfile.
+    """
+    if not _has_scheme(pipeline_root):
+        raise ValueError(f"pipeline_root {pipeline_root!r} must be an object-store URI such as "
+                         "gs://BUCKET/dolg-tfx: each step runs in its own pod, and a local path is "
+                         "not shared between them")
+    if _has_scheme(data):
+        bucket_path = data.split("://", 1)[1]
+        raise ValueError(f"data {data!r}: ImageExampleGen reads its input through the local file "
+                         "system (os.walk/open), not through gs:// or other URIs. Give the path "
+                         f"as mounted in the pod, e.g. /gcs/{bucket_path} on Vertex AI Pipelines "
+                         "(Cloud Storage FUSE), or a volume mounted in the step's pod")
+    if not os.path.isabs(data):
+        raise ValueError(f"data {data!r} must be an absolute path as seen inside the container")
+    if not (_has_scheme(serving_model_dir) or os.path.isabs(serving_model_dir)):
+        raise ValueError(f"serving_model_dir {serving_model_dir!r} must be a URI (gs://...) or "
+                         "an absolute path mounted in the Pusher's pod")
+
+
+def _cpu_float(cpu: str) -> float:
+    match = _CPU.fullmatch(str(cpu))
+    if not match:
+        raise ValueError(f"cpu {cpu!r}: use Kubernetes notation, e.g. '8' or '500m'")
+    value = float(match.group(1))
+    return value / 1000 if match.group(3) else value
+
+
+def _memory_gb(memory: str) -> float:
+    match = _MEMORY.fullmatch(str(memory))
+    if not match:
+        raise ValueError(f"memory {memory!r}: use Kubernetes notation, e.g. '30G' or '32Gi'")
+    return float(match.group(1)) * _MEMORY_UNIT[match.group(3) or ""] / 1e9
+
+
+def trainer_resource_spec(fmt: str, gpus: int = 1, gpu_type: Optional[str] = None,
+                          cpu: Optional[str] = "8", memory: Optional[str] = "30G"):
+    """The Trainer's ResourceSpec (PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec).
+
+    Both field generations are set, as kfp's own compiler does: the string ``resource_*``
+    fields (read first by current KFP drivers and Vertex) and the deprecated numeric ones
+    (cpu_limit, memory_limit in GB, accelerator type/count) for older backends.
+
+    Args:
+      fmt: 'yaml' (KFP: gpu_type is a Kubernetes resource such as nvidia.com/gpu) or 'json'
+        (Vertex: an accelerator such as NVIDIA_TESLA_T4, NVIDIA_L4).
+      gpus: accelerators to request; 0 requests none.
+      gpu_type: None picks DEFAULT_GPU_TYPE[fmt].
+      cpu, memory: limits in Kubernetes notation, or None to leave unset.
+    """
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    resource_spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+    spec = resource_spec()
+    if cpu is not None:
+        spec.cpu_limit = _cpu_float(cpu)
+        spec.resource_cpu_limit = str(cpu)
+    if memory is not None:
+        spec.memory_limit = _memory_gb(memory)
+        spec.resource_memory_limit = str(memory)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise ValueError(f"gpus must be an integer >= 0, got {gpus!r}")
+    if gpus:
+        gpu_type = gpu_type or DEFAULT_GPU_TYPE[fmt]
+        # A mismatch would compile fine and fail only when the cluster schedules the Trainer.
+        if fmt == "json" and not _VERTEX_ACCELERATOR.fullmatch(gpu_type):
+            raise ValueError(f"gpu_type {gpu_type!r}: a Vertex AI PipelineJob (.json) needs a Vertex "
+                             "accelerator type such as NVIDIA_TESLA_T4 or NVIDIA_L4")
+        if fmt == "yaml" and not _K8S_RESOURCE.fullmatch(gpu_type):
+            raise ValueError(f"gpu_type {gpu_type!r}: Kubeflow Pipelines (.yaml) needs a Kubernetes "
+                             "resource name such as nvidia.com/gpu")
+        spec.accelerator.type = spec.accelerator.resource_type = gpu_type
+        spec.accelerator.count = gpus
+        spec.accelerator.resource_count = str(gpus)
+    return spec
+
+
+def _runner_name(beam_args: Sequence[str]) -> Optional[str]:
+    """The last --runner given (Beam's argparse keeps the last), in either argument form."""
+    runner = None
+    for i, arg in enumerate(beam_args):
+        if arg.startswith("--runner="):
+            runner = arg.split("=", 1)[1]
+        elif arg == "--runner" and i + 1 < len(beam_args):
+            runner = beam_args[i + 1]
+    return runner
+
+
+def _is_direct(runner: Optional[str]) -> bool:
+    return runner is None or runner.lower() in ("directrunner", "direct")
+
+
+def _has_flag(beam_args: Sequence[str], *names: str) -> bool:
+    return any(a == n or a.startswith(n + "=") for a in beam_args for n in names)
+
+
+def _remove_once(args: List[str], unwanted: Iterable[str]) -> List[str]:
+    out = list(args)
+    for arg in unwanted:
+        if arg in out:
+            out.remove(arg)
+    return out
+
+
+def _adjust_beam_args(tfx_pipeline, config, image: str) -> None:
+    """Fits the Beam arguments create_pipeline() set to the runner the user chose.
+
+    beam_pipeline_args() always adds the DirectRunner's --direct_running_mode (and
+    --direct_num_workers); with another --runner they mean nothing, so they are dropped from
+    the pipeline-level list (used for non-Beam steps) and from every Beam executor's copy
+    (tfx.dsl.Pipeline prepended them there at construction). For Dataflow the workers must
+    import our preprocessing and metric modules: the image (which carries the Beam SDK
+    harness) becomes --sdk_container_image unless the user gave one. Pod-local components
+    keep the DirectRunner (see _POD_LOCAL_BEAM_COMPONENTS).
+    """
+    from pipeline.pipeline import beam_pipeline_args
+    from tfx.dsl.components.base import executor_spec
+
+    user_args = list(config.beam_args)
+    runner = _runner_name(user_args)
+    if _is_direct(runner):
+        return
+    direct_only = beam_pipeline_args(config.replace(beam_args=()))
+    extra = []
+    if runner.lower() in ("dataflowrunner", "dataflow") and not _has_flag(
+            user_args, "--sdk_container_image", "--worker_harness_container_image"):
+        extra = [f"--sdk_container_image={image}"]
+        log.info("Dataflow workers will run %s (--sdk_container_image)", image)
+    # In place: the pipeline's property returns the list the Kubeflow builder reads.
+    tfx_pipeline.beam_pipeline_args[:] = _remove_once(tfx_pipeline.beam_pipeline_args, direct_only) + extra
+    for component in tfx_pipeline.components:
+        spec = component.executor_spec
+        if isinstance(spec, executor_spec.BeamExecutorSpec):
+            args = _remove_once(spec.beam_pipeline_args, direct_only) + extra
+            if component.id in _POD_LOCAL_BEAM_COMPONENTS:
+                args.append("--runner=DirectRunner")  # last --runner wins
+            spec.beam_pipeline_args = args
+
+
+def _refuse_module_files(tfx_pipeline) -> None:
+    for component in tfx_pipeline.components:
+        if getattr(component, "exec_properties", {}).get("module_file"):
+            raise ValueError(
+                f"{component.id} uses module_file: TFX would package it into a wheel under "
+                "<pipeline_root>/_wheels at compile time. Reference the function by import path "
+                "(e.g. run_fn='pipeline.trainer.run_fn') and ship the module in the image.")
+
+
+def _set_default_pipeline_root(output_file: str, fmt: str, pipeline_root: str) -> None:
+    """Adds pipelineSpec.defaultPipelineRoot to the runner's file, keeping its format."""
+    import json
+
+    import yaml
+    from tfx.dsl.io import fileio
+
+    with fileio.open(output_file) as f:
+        text = f.read()
+    if fmt == "json":
+        job = json.loads(text)
+        job["pipelineSpec"]["defaultPipelineRoot"] = pipeline_root
+        text = json.dumps(job, sort_keys=True)
+    else:
+        # Keep the runner's '# PIPELINE DEFINITION' comment header (KFP's UI shows it).
+        lines = text.splitlines(keepends=True)
+        n_header = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+        header = "".join(lines[:n_header])
+        docs = list(yaml.safe_load_all(text))
+        docs[0]["defaultPipelineRoot"] = pipeline_root
+        text = header + yaml.safe_dump_all(docs, sort_keys=True)
+    with fileio.open(output_file, "w") as f:
+        f.write(text)
+
+
+def build_pipeline(config, image: str, pipeline_root: str, data: str, serving_model_dir: str,
+                   fmt: str, gpus: int = 1, gpu_type: Optional[str] = None, cpu: Optional[str] = "8",
+                   memory: Optional[str] = "30G", beam_args: Sequence[str] = (),
+                   schema_file: str = CONTAINER_SCHEMA_FILE, enable_cache: bool = True):
+    """The tfx.dsl.Pipeline as it will run on the cluster (see compile_pipeline for the args)."""
+    from pipeline.pipeline import create_pipeline
+
+    validate_pipeline_name(config.pipeline_name)
+    validate_locations(pipeline_root, data, serving_model_dir)
+    if not image:
+        raise ValueError("image is required: the container image every step runs in")
+    config = config.replace(beam_args=tuple(config.beam_args) + tuple(beam_args))
+    resources = trainer_resource_spec(fmt, gpus, gpu_type, cpu, memory)
+    tfx_pipeline = create_pipeline(
+        config, data, pipeline_root, serving_model_dir, metadata_path=None,
+        enable_cache=enable_cache, trainer_resources=lambda trainer: trainer.with_platform_config(resources))
+    for component in tfx_pipeline.components:
+        if component.id == "ImportSchemaGen":
+            component.exec_properties["schema_file"] = schema_file
+    _refuse_module_files(tfx_pipeline)
+    _adjust_beam_args(tfx_pipeline, config, image)
+    return tfx_pipeline
+
+
+def compile_pipeline(config, image: str, pipeline_root: str, output_file: str, data: str,
+                     serving_model_dir: str, gpus: int = 1, gpu_type: Optional[str] = None,
+                     beam_args: Sequence[str] = (), cpu: Optional[str] = "8",
+                     memory: Optional[str] = "30G", schema_file: str = CONTAINER_SCHEMA_FILE,
+                     enable_cache: bool = True) -> str:
+    """Compiles the pipeline into ``output_file`` and returns its path.
+
+    Args:
+      config: a PipelineConfig; its pipeline_name must match [a-z0-9][a-z0-9-]{0,127}.
+      image: the container image of every step (built from kubeflow/Dockerfile).
+      pipeline_root: object-store URI for the artifacts, e.g. gs://BUCKET/dolg-tfx.
+      output_file: ``.yaml`` (KFP PipelineSpec) or ``.json`` (Vertex PipelineJob).
+      data: the images as mounted in the pod (folder tree or CSV manifest).
+      serving_model_dir: the Pusher's destination (gs://... or a mounted path).
+      gpus: GPUs for the Trainer (0: none). Only the Trainer gets resources.
+      gpu_type: None: nvidia.com/gpu for .yaml, NVIDIA_TESLA_T4 for .json.
+      beam_args: added to config.beam_args, e.g. ("--runner=DataflowRunner", "--project=P",
+        "--region=R", "--temp_location=gs://B/tmp").
+      cpu, memory: the Trainer's limits (Kubernetes notation); None leaves them unset.
+      schema_file: the curated schema as the ImportSchemaGen pod sees it.
+      enable_cache: let the orchestrator reuse a step whose inputs are unchanged.
+    """
+    from tfx import v1 as tfx
+
+    fmt = output_format(output_file)
+    tfx_pipeline = build_pipeline(config, image, pipeline_root, data, serving_model_dir, fmt, gpus=gpus,
+                                  gpu_type=gpu_type, cpu=cpu, memory=memory, beam_args=beam_args,
+                                  schema_file=schema_file, enable_cache=enable_cache)
+    runner_config = tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+        default_image=image, use_pipeline_spec_2_1=(fmt == "yaml"))
+    output_dir = os.path.dirname(output_file) or "."
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=runner_config, output_dir=output_dir, output_filename=os.path.basename(output_file))
+    runner.run(tfx_pipeline)
+    _set_default_pipeline_root(output_file, fmt, pipeline_root)
+    return output_file
+
+
+def submit(host: str, package_file: str, run_name: Optional[str] = None, experiment: Optional[str] = None,
+           params: Optional[Dict[str, object]] = None) -> str:
+    """Starts a run of a compiled ``.yaml`` on a Kubeflow Pipelines 2 cluster; returns its run id.
+
+    A ``.json`` is a Vertex AI PipelineJob, which KFP cannot read: submit it with
+    google-cloud-aiplatform (see kubeflow/README.md).
+    """
+    import kfp
+
+    if not package_file.lower().endswith((".yaml", ".yml")):
+        raise ValueError(f"{package_file!r}: Kubeflow Pipelines takes the .yaml PipelineSpec; a .json "
+                         "is a Vertex AI PipelineJob (submit it with google-cloud-aiplatform)")
+    if not os.path.isfile(package_file):
+        raise FileNotFoundError(f"no pipeline package at {package_file!r}")
+    client = kfp.Client(host=host)
+    result = client.create_run_from_pipeline_package(
+        package_file, arguments=dict(params or {}), run_name=run_name, experiment_name=experiment)
+    return result.run_id

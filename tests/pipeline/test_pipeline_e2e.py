@@ -1,0 +1,114 @@
+"""The whole pipeline on a tiny config: ingestion with bad files, training, evaluation,
+blessing, push, serving, caching and the NOT_BLESSED path."""
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import load_fixture
+from pipeline import demo_report, local_runner
+from pipeline.config import load_config
+from pipeline.demo_data import generate_landmarks
+
+bad_images = load_fixture("bad_images")
+CONFIG = load_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "data"
+    generate_landmarks(data, n_landmarks=8, views_per_landmark=5, size=72, seed=3)
+    zoo = bad_images.write_image_zoo(data)  # labels alpha/beta/gamma beside the landmarks
+    summary = local_runner.run(CONFIG, str(data), str(root / "out"))
+    return {"root": root, "data": data, "zoo": zoo, "summary": summary}
+
+
+def _numpy_map(embeddings, labels):
+    """Leave-one-out mAP written plainly: full sort per query, AP = mean precision at hits."""
+    labels = np.asarray(labels)
+    scores = embeddings @ embeddings.T
+    aps = []
+    for q in range(len(labels)):
+        others = np.delete(np.arange(len(labels)), q)
+        order = others[np.argsort(-scores[q, others], kind="stable")]
+        hits = labels[order] == labels[q]
+        if hits.any():
+            ranks = np.flatnonzero(hits) + 1
+            aps.append(np.mean(np.arange(1, len(ranks) + 1) / ranks))
+    return float(np.mean(aps))
+
+
+def test_ingestion_reports_exactly_the_bad_files(first_run):
+    summary, zoo = first_run["summary"], first_run["zoo"]
+    with open(summary["ingestion_report"]) as f:
+        rejected = [json.loads(line) for line in f]
+    data = str(first_run["data"])
+    got = {os.path.relpath(r["path"], data) for r in rejected}
+    want = {k for k, v in zoo.items() if v["expect"] == "reject"}
+    assert got == want
+    assert all(r["reason"] for r in rejected)
+    good = 8 * 5 + sum(v["expect"] == "ok" for v in zoo.values())
+    ingestion = summary["ingestion"]
+    assert ingestion["emitted_total"] == good
+    assert ingestion["files_seen"] == good + len(want)
+
+
+def test_blessed_model_is_pushed_in_serving_layout(first_run):
+    summary = first_run["summary"]
+    assert summary["blessed"] is True
+    pushed = pathlib.Path(summary["pushed_to"])
+    assert pushed.name.isdigit() and (pushed / "saved_model.pb").exists()
+    assert pushed.parent == first_run["root"] / "out" / "serving_model"
+
+
+def test_serving_default_embeds_real_jpeg_bytes(first_run):
+    serve = tf.saved_model.load(first_run["summary"]["pushed_to"]).signatures["serving_default"]
+    jpegs = sorted(first_run["data"].glob("landmark_*/*.jpg"))[:3]
+    out = serve(images=tf.constant([p.read_bytes() for p in jpegs]))["embedding"].numpy()
+    assert out.shape == (3, CONFIG.model.embedding_dim)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+
+
+def test_evaluator_map_equals_numpy_map_on_the_same_embeddings(first_run):
+    summary = first_run["summary"]
+    _, images, labels = demo_report.read_split(summary["examples"], "eval")
+    assert len(set(labels)) >= 2
+    embeddings = demo_report.embed_saved_model(summary["model"], images)
+    expected = _numpy_map(embeddings, labels)
+    assert summary["metrics"]["retrieval_mAP"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_serving_rejects_bad_inputs_and_keeps_serving(first_run):
+    serve = tf.saved_model.load(first_run["summary"]["pushed_to"]).signatures["serving_default"]
+    bad = [pathlib.Path(v["path"]).read_bytes() for v in first_run["zoo"].values() if v["expect"] == "reject"]
+    bad.append(b"")
+    good = next(first_run["data"].glob("landmark_*/*.jpg")).read_bytes()
+    for payload in bad:
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            serve(images=tf.constant([payload]))
+        assert serve(images=tf.constant([good]))["embedding"].shape == (1, CONFIG.model.embedding_dim)
+
+
+def test_rerun_unchanged_reuses_the_cache(first_run):
+    again = local_runner.run(CONFIG, str(first_run["data"]), str(first_run["root"] / "out"))
+    states = again["components"]
+    for component in ("ImageExampleGen", "StatisticsGen", "ExampleValidator", "Transform", "Trainer"):
+        assert states[component] == "CACHED", states
+    # The first run blessed its model, so it is now the Resolver's baseline: the Evaluator's
+    # inputs changed and it rightly runs again, comparing the model with itself.
+    assert states["Evaluator"] == "COMPLETE" and again["blessed"] is True
+
+
+def test_impossible_threshold_is_not_blessed_and_pushes_nothing(first_run):
+    strict = CONFIG.replace(min_map=1.01)
+    out = first_run["root"] / "out"
+    before = sorted(os.listdir(out / "serving_model"))
+    summary = local_runner.run(strict, str(first_run["data"]), str(out))
+    assert summary["blessed"] is False
+    assert summary["pushed_to"] is None
+    assert sorted(os.listdir(out / "serving_model")) == before
+    assert summary["components"]["Trainer"] == "CACHED"  # thresholds do not retrain
