@@ -18,7 +18,9 @@ medians. mAP@100 of every method is printed as a check that all three found the 
 neighbours (computed after the timing and memory readings).
 
 Targets: protocol <= 1.5x the floor's seconds; protocol's peak extra memory <= 2x its score
-block (block_size x N x 4 bytes) and growing with N like N, not N^2 (exponent < 1.5).
+block (block_size x N x 4 bytes) and growing with N like N, not N^2 (exponent < 1.5). When
+the memory target is missed, a tracemalloc run at the smaller N compares the peak with the
+default block against one block of all N queries, to show where the excess comes from.
 
     tools/devenv.sh run python -m benchmarks.retrieval_eval [--quick|--full] [--json OUT]
 """

@@ -37,6 +37,26 @@ def overlay(image, heat, alpha=0.5):
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), "RGB")
 
 
+def serving_attention_map(saved_model_dir, image_bytes) -> np.ndarray:
+    """The attention map from an exported model's `attention` signature (pipeline/signatures.py),
+    already laid over the original image's pixels, scaled to [0, 1]."""
+    signature = tf.saved_model.load(str(saved_model_dir)).signatures["attention"]
+    att = signature(image=tf.constant(image_bytes))["attention"].numpy()
+    low, high = float(att.min()), float(att.max())
+    return (att - low) / (high - low) if high > low else np.zeros_like(att)
+
+
+def has_attention_signature(saved_model_dir) -> bool:
+    import os
+
+    from tensorflow.python.tools import saved_model_utils
+
+    if not os.path.exists(os.path.join(str(saved_model_dir), "saved_model.pb")):
+        return False
+    meta = saved_model_utils.get_meta_graph_def(str(saved_model_dir), "serve")
+    return "attention" in meta.signature_def
+
+
 def load_descriptor_model(path):
     """A DOLG descriptor model from a Keras save (.keras, .h5 or a SavedModel directory)."""
     import dolg_model.heads  # noqa: F401  (registers the custom objects)

@@ -25,12 +25,13 @@ def _load(preset, config_file, overrides=None):
               help="JSON file with PipelineConfig fields (\"model\" holds DOLGConfig fields).")
 @click.option("--preset", default="cpu-demo", show_default=True, help="paper, cpu-demo or tiny.")
 @click.option("--no-cache", is_flag=True, help="Run every component even if its inputs are unchanged.")
-def run(data, output, config_file, preset, no_cache):
+@click.option("-v", "--verbose", is_flag=True, help="Show TFX's INFO logs.")
+def run(data, output, config_file, preset, no_cache, verbose):
     """Run the whole pipeline on your images and print a summary."""
     from pipeline import local_runner
 
     config = _load(preset, config_file)
-    summary = local_runner.run(config, data, output, enable_cache=not no_cache)
+    summary = local_runner.run(config, data, output, enable_cache=not no_cache, verbose=verbose)
     click.echo(local_runner.format_summary(summary))
 
 
@@ -40,9 +41,11 @@ def run(data, output, config_file, preset, no_cache):
 @click.option("--views", default=12, show_default=True, help="Views of each landmark.")
 @click.option("--preset", default="cpu-demo", show_default=True)
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False))
-def demo(output, landmarks, views, preset, config_file):
+@click.option("-v", "--verbose", is_flag=True, help="Show TFX's INFO logs.")
+def demo(output, landmarks, views, preset, config_file, verbose):
     """Generate synthetic landmarks, run the pipeline, compare trained and untrained mAP,
     and query the pushed model."""
+    from dolg_tfx import display_path
     from pipeline import demo_report, local_runner
     from pipeline.demo_data import generate_landmarks
 
@@ -51,7 +54,8 @@ def demo(output, landmarks, views, preset, config_file):
     if not os.path.isdir(data):
         info = generate_landmarks(data, n_landmarks=landmarks, views_per_landmark=views,
                                   size=max(160, config.model.image_size), seed=0)
-        click.echo(f"Generated {info['n_images']} images of {landmarks} synthetic landmarks in {data}")
-    summary = local_runner.run(config, data, os.path.join(output, "run"))
+        click.echo(f"Generated {info['n_images']} images of {landmarks} synthetic landmarks in {display_path(os.path.abspath(data))}")
+    click.echo("Running the pipeline (ExampleGen, statistics, schema, Transform, Trainer, Evaluator, Pusher)...")
+    summary = local_runner.run(config, data, os.path.join(output, "run"), verbose=verbose)
     click.echo(local_runner.format_summary(summary))
     click.echo(demo_report.report(config, summary, data))

@@ -76,22 +76,18 @@ def validate_locations(pipeline_root: str, data: str, serving_model_dir: str) ->
     """Rejects locations that cannot work when every step runs in its own pod.
 
     pipeline_root: an object-store URI (gs://...): TFX writes artifacts with tf.io.gfile and
-      Vertex requires gs://. data: a path mounted in the pod (ImageExampleGen reads with
-      os/open; on Vertex, Cloud Storage is mounted at /gcs/<bucket>/...). serving_model_dir:
-      a URI or an absolute (mounted) path; the Pusher writes with tf.io.gfile.
+      Vertex requires gs://. data: a URI (ImageExampleGen lists and reads it through TFX's
+      fileio, so gs:// and any other TensorFlow file system work) or an absolute path mounted
+      in the pod (e.g. /gcs/<bucket>/... on Vertex). serving_model_dir: a URI or an absolute
+      (mounted) path; the Pusher writes with tf.io.gfile.
     """
     if not _has_scheme(pipeline_root):
         raise ValueError(f"pipeline_root {pipeline_root!r} must be an object-store URI such as "
                          "gs://BUCKET/dolg-tfx: each step runs in its own pod, and a local path is "
                          "not shared between them")
-    if _has_scheme(data):
-        bucket_path = data.split("://", 1)[1]
-        raise ValueError(f"data {data!r}: ImageExampleGen reads its input through the local file "
-                         "system (os.walk/open), not through gs:// or other URIs. Give the path "
-                         f"as mounted in the pod, e.g. /gcs/{bucket_path} on Vertex AI Pipelines "
-                         "(Cloud Storage FUSE), or a volume mounted in the step's pod")
-    if not os.path.isabs(data):
-        raise ValueError(f"data {data!r} must be an absolute path as seen inside the container")
+    if not (_has_scheme(data) or os.path.isabs(data)):
+        raise ValueError(f"data {data!r} must be a URI (gs://...) or an absolute path as seen "
+                         "inside the container")
     if not (_has_scheme(serving_model_dir) or os.path.isabs(serving_model_dir)):
         raise ValueError(f"serving_model_dir {serving_model_dir!r} must be a URI (gs://...) or "
                          "an absolute path mounted in the Pusher's pod")

@@ -29,15 +29,18 @@ class Layout:
         return os.path.join(self.output, "serving_model")
 
 
-def run(config: PipelineConfig, data: str, output: str, enable_cache: bool = True) -> dict:
-    """Runs the whole pipeline on `data` into `output` and returns summarise()'s dict."""
+def run(config: PipelineConfig, data: str, output: str, enable_cache: bool = True,
+        verbose: bool = True) -> dict:
+    """Runs the whole pipeline on `data` into `output` and returns summarise()'s dict.
+
+    verbose=False keeps TFX's per-component INFO logs (protos and all) off the console."""
     from tfx import v1 as tfx
 
     from pipeline.pipeline import create_pipeline
 
     layout = Layout(os.path.abspath(output))
     os.makedirs(layout.output, exist_ok=True)
-    logging.set_verbosity(logging.INFO)
+    logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
     tfx.orchestration.LocalDagRunner().run(create_pipeline(
         config, os.path.abspath(data), layout.pipeline_root, layout.serving_model_dir,
         metadata_path=layout.metadata_path, enable_cache=enable_cache))
@@ -135,19 +138,22 @@ def _state(execution) -> str:
 
 
 def format_summary(summary: dict) -> str:
+    from dolg_tfx import display_path
+
     ing = summary.get("ingestion", {})
     metrics = summary.get("metrics", {})
     lines = [f"Run {summary['run']}"]
     if ing:
         split = ing["emitted"]
         lines.append(f"  images: {ing['emitted_total']} ingested (train {split['train']}, eval {split['eval']}), "
-                     f"{ing['rejected']} rejected (report: {summary.get('ingestion_report')})")
+                     f"{ing['rejected']} rejected (report: {display_path(summary.get('ingestion_report'))})")
     if metrics:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if not k.endswith("num_queries"))
         lines.append(f"  held-out retrieval: {shown}")
     if "blessed" in summary:
         lines.append(f"  model {'BLESSED' if summary['blessed'] else 'NOT BLESSED'}")
-    lines.append(f"  pushed to: {summary.get('pushed_to') or 'nothing pushed'}")
+    pushed = summary.get("pushed_to")
+    lines.append(f"  pushed to: {display_path(pushed) if pushed else 'nothing pushed'}")
     cached = [k for k, v in summary["components"].items() if v == "CACHED"]
     if cached:
         lines.append(f"  reused from cache: {', '.join(sorted(cached))}")

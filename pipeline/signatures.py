@@ -3,7 +3,8 @@
 - serving_default: encoded image bytes [None] -> {"embedding": [None, D]} (TF Serving, clients)
 - serving_examples: serialized tf.Examples [None] -> {"embedding"} (the Evaluator, batch jobs)
 - transform_features: serialized tf.Examples -> the Transform graph's outputs
-- attention: encoded image bytes -> {"attention": [None, h, w]} (explanations)
+- attention: one encoded image -> {"attention": [H, W]}, the local attention map laid over
+  the original image's pixels (explanations: `dolg-tfx explain`)
 
 Every image path goes through the Transform graph, so serving decodes exactly as training did;
 bad bytes raise InvalidArgumentError from its decoder (see pipeline/image_ops.py).
@@ -12,13 +13,25 @@ import tensorflow as tf
 
 from dolg_model.model import attention_model, multi_scale_embedding
 from pipeline import features as F
+from pipeline import image_ops
 
 
 def _image_only_spec():
     return {F.IMAGE: tf.io.FixedLenFeature([1], tf.string)}
 
 
-def build_signatures(dolg, tft_layer, raw_feature_spec, scales):
+def _content_box(height, width, size):
+    """Where tf.image.resize_with_pad puts an height x width image in a size x size frame:
+    (top, left, content height, content width), the same arithmetic as TF's own."""
+    h, w, s = (tf.cast(v, tf.float32) for v in (height, width, size))
+    ratio = tf.maximum(w / s, h / s)
+    ch, cw = h / ratio, w / ratio
+    top = tf.cast(tf.maximum(0.0, tf.floor((s - ch) / 2)), tf.int32)
+    left = tf.cast(tf.maximum(0.0, tf.floor((s - cw) / 2)), tf.int32)
+    return top, left, tf.cast(tf.floor(ch), tf.int32), tf.cast(tf.floor(cw), tf.int32)
+
+
+def build_signatures(dolg, tft_layer, raw_feature_spec, scales, resize_mode="pad"):
     """Concrete functions for model.save(signatures=...).
 
     Args:
@@ -27,6 +40,7 @@ def build_signatures(dolg, tft_layer, raw_feature_spec, scales):
         caller so its assets are saved with it.
       raw_feature_spec: the raw data's feature spec (for transform_features).
       scales: the multi-scale descriptor's scales.
+      resize_mode: the Transform's resize mode, to lay the attention map back on the image.
     """
     attention = attention_model(dolg)
 
@@ -50,9 +64,17 @@ def build_signatures(dolg, tft_layer, raw_feature_spec, scales):
     def transform_features(examples):
         return tft_layer(tf.io.parse_example(examples, raw_feature_spec))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.IMAGES_INPUT)])
-    def serve_attention(images):
-        return {"attention": attention(decode(images), training=False)}
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string, name="image")])
+    def serve_attention(image):
+        frame = decode(tf.reshape(image, [1]))
+        size = tf.shape(frame)[1]
+        att = attention(frame, training=False)[0][..., tf.newaxis]       # (size/16, size/16, 1)
+        height, width = (tf.cast(v, tf.int32) for v in image_ops.header_size(image))
+        att = tf.image.resize(att, [size, size], method="bilinear")
+        if resize_mode == "pad":
+            top, left, ch, cw = _content_box(height, width, size)
+            att = att[top:top + ch, left:left + cw]
+        return {"attention": tf.image.resize(att, [height, width], method="bilinear")[..., 0]}
 
     return {
         "serving_default": serve_images.get_concrete_function(),
@@ -62,11 +84,11 @@ def build_signatures(dolg, tft_layer, raw_feature_spec, scales):
     }
 
 
-def export(dolg, tf_transform_output, scales, export_dir):
+def export(dolg, tf_transform_output, scales, export_dir, resize_mode="pad"):
     """Saves `dolg` with its signatures to `export_dir` (a Keras SavedModel, so the network
     also reloads with tf.keras.models.load_model for fine-tuning)."""
     dolg.tft_layer = tf_transform_output.transform_features_layer()
     raw_spec = tf_transform_output.raw_feature_spec()
     raw_spec.pop(F.LABEL, None)  # a serving request carries no label
-    signatures = build_signatures(dolg, dolg.tft_layer, raw_spec, scales)
+    signatures = build_signatures(dolg, dolg.tft_layer, raw_spec, scales, resize_mode)
     dolg.save(export_dir, save_format="tf", signatures=signatures)

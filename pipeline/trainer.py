@@ -89,5 +89,6 @@ def run_fn(fn_args):
     trainer.fit(train_data, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
                 callbacks=callbacks, verbose=2)
     tf.keras.mixed_precision.set_global_policy("float32")
-    signatures.export(dolg, tf_transform_output, config.model.scales, fn_args.serving_model_dir)
+    signatures.export(dolg, tf_transform_output, config.model.scales, fn_args.serving_model_dir,
+                      config.resize_mode)
     logging.info("Exported the DOLG descriptor to %s", fn_args.serving_model_dir)

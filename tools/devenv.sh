@@ -141,7 +141,7 @@ rootfs_exec() {
       PATH="$IN_VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
       VIRTUAL_ENV="$IN_VENV" SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
       PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
-      DOLG_TFX_ENV_PATH=rootfs "${pass[@]}" \
+      DOLG_TFX_ENV_PATH=rootfs DOLG_TFX_HOST_SRC="$REPO" DOLG_TFX_SRC="$IN_SRC" "${pass[@]}" \
       /bin/sh -c 'cd "$0" && exec "$@"' "$workdir" "$@"
 }
 

@@ -327,9 +327,11 @@ def leave_one_out_retrieval(embeddings, labels, ks: Sequence[int] = (1, 5, 10),
     ap_full = np.full(n, np.nan)
     ap_k = np.full(n, np.nan)
     first_hit = np.full(n, -1, dtype=np.int64)
+    # One score buffer reused by every block: peak memory is one block, never two.
+    buffer = np.empty((min(block_size, n), n), dtype=x.dtype)
     for b0 in range(0, n, block_size):
         b1 = min(b0 + block_size, n)
-        scores = x[b0:b1] @ x.T  # [b, N]: the only large array
+        scores = np.matmul(x[b0:b1], x.T, out=buffer[:b1 - b0])  # [b, N]: the only large array
         for q in range(b0, b1):
             c = inverse[q]
             m = int(counts[c]) - 1
@@ -342,7 +344,6 @@ def leave_one_out_retrieval(embeddings, labels, ks: Sequence[int] = (1, 5, 10),
             ap_full[q] = _average_precision(hits, m)
             ap_k[q] = _average_precision(hits, m, map_at)
             first_hit[q] = hits[0]
-        del scores
 
     evaluated = first_hit >= 0
     n_eval = int(np.count_nonzero(evaluated))

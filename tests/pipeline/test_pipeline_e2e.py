@@ -112,3 +112,28 @@ def test_impossible_threshold_is_not_blessed_and_pushes_nothing(first_run):
     assert summary["pushed_to"] is None
     assert sorted(os.listdir(out / "serving_model")) == before
     assert summary["components"]["Trainer"] == "CACHED"  # thresholds do not retrain
+
+
+def test_pushed_signatures_are_what_the_clients_use(first_run):
+    from dolg_tfx.serving_client import check_serving_signatures
+
+    info = check_serving_signatures(first_run["summary"]["pushed_to"])  # raises on any mismatch
+    assert info["embedding_dim"] == CONFIG.model.embedding_dim
+
+
+def test_explain_works_from_the_pushed_model(first_run, tmp_path):
+    import subprocess
+
+    from PIL import Image
+
+    image = next(first_run["data"].glob("landmark_*/*.jpg"))
+    out = tmp_path / "heat.png"
+    base = pathlib.Path(first_run["summary"]["pushed_to"]).parent  # the TF Serving base folder
+    run = subprocess.run(["dolg-tfx", "explain", str(image), "--model", str(base), "-o", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    with Image.open(image) as original, Image.open(out) as heat:
+        assert heat.size == original.size
+    serve = tf.saved_model.load(first_run["summary"]["pushed_to"]).signatures["attention"]
+    att = serve(image=tf.constant(image.read_bytes()))["attention"].numpy()
+    assert att.shape == (72, 72) and np.all(att > 0) and att.std() > 0
