@@ -54,9 +54,11 @@ class ImageExampleGen(base_beam_component.BaseBeamComponent):
 
         Args:
           input_base: a folder ``<label>/<image>`` or a CSV manifest (``id,landmark_id``
-            and optionally ``path``); local or mounted paths.
-          images_subdir: for a manifest: the image root relative to the CSV's folder
-            (default: the CSV's stem, ``train.csv`` -> ``train/``).
+            and optionally ``path``); a local or mounted path, or a URI any TensorFlow file
+            system reads (gs://, s3://, hdfs://...). Manifest paths that leave the image root
+            are refused: via symlinks locally, lexically (``..``, absolute, URI) for URIs.
+          images_subdir: for a manifest: the image root relative to the CSV's folder, or
+            absolute, or a URI (default: the CSV's stem, ``train.csv`` -> ``train/``).
           eval_fraction: share of LABELS held out for eval, strictly between 0 and 1.
           max_bytes: larger files are refused without being read.
           max_pixels: images whose header claims more pixels are refused before decoding.

@@ -209,8 +209,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         manifest = inputs.is_manifest(input_base)
         header = {
             "input_base": input_base, "layout": "manifest" if manifest else "folder",
-            "image_root": (inputs.manifest_image_root(input_base, images_subdir) if manifest
-                           else os.path.abspath(input_base)),
+            "image_root": inputs.image_root(input_base, images_subdir),
             "files_seen": len(candidates),
             "settings": {"eval_fraction": eval_fraction, "max_bytes": max_bytes,
                          "max_pixels": max_pixels, "split_salt": salt},

@@ -12,12 +12,15 @@ pipeline. Two input layouts, told apart by what ``input_base`` is:
 * a CSV file (GLDv2 style): columns ``id`` and ``landmark_id``, optionally ``path``; other
   columns are ignored. Images live under an image root, by default the folder named like the
   CSV's stem beside it (``data/train.csv`` -> ``data/train/``), otherwise ``images_subdir``
-  (relative to the CSV's folder, or absolute). A row's file is ``path`` relative to the root
+  (relative to the CSV's folder, absolute, or a URI). A row's file is ``path`` relative to the root
   when given, else ``<id[0]>/<id[1]>/<id[2]>/<id>.jpg``. The image id is ``id`` (or ``path``
   when there is no id), the label is ``landmark_id`` as written.
 
-Only local (or mounted, e.g. gcsfuse) paths are supported: the escape check relies on
-``os.path.realpath``, which means nothing for object-store URLs.
+``input_base``, ``images_subdir`` and so the image root may be local paths or URIs
+(``gs://``, ``s3://``, ...; see ``storage``). Local paths are listed and read with ``os`` and
+their escape check resolves symlinks (``os.path.realpath``); URIs are listed and read through
+TFX's fileio and their escape check is lexical (``storage.contained``). Only URIs import
+TensorFlow, so the CLI's scans of local folders stay plain Python.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import os
 import stat
 from typing import Iterable, Optional, Sequence
 
+from components.image_example_gen import storage
 from components.image_example_gen.checks import Rejected
 
 TRAIN, EVAL = "train", "eval"
@@ -56,20 +60,40 @@ class Candidate:
     @property
     def path(self) -> str:
         """The path as given (joined to the root), for reports."""
-        return os.path.join(self.root, self.relpath)
+        return os.path.join(self.root, self.relpath)  # posixpath on POSIX: right for URIs too
 
 
 def is_manifest(input_base: str) -> bool:
     """True when ``input_base`` is a CSV manifest file rather than a folder tree."""
+    input_base = storage.canonical(input_base)
+    if storage.is_uri(input_base):
+        return storage.isfile(input_base)
     return os.path.isfile(input_base)
 
 
 def manifest_image_root(csv_path: str, images_subdir: Optional[str] = None) -> str:
-    """The folder a manifest's image paths are relative to (see the module docstring)."""
+    """The folder a manifest's image paths are relative to (see the module docstring).
+
+    A URI ``images_subdir`` is the root whatever the CSV's location; with a URI CSV, an
+    absolute ``images_subdir`` is a folder in the CSV's bucket.
+    """
+    csv_path = storage.canonical(csv_path)
+    stem = os.path.splitext(os.path.basename(csv_path))[0]
+    if storage.is_uri(csv_path):
+        return storage.join(storage.dirname(csv_path), images_subdir or stem)
+    if images_subdir and storage.has_scheme(images_subdir):
+        return storage.canonical(images_subdir)
     folder = os.path.dirname(os.path.abspath(csv_path))
-    if images_subdir:
-        return os.path.join(folder, images_subdir)  # an absolute images_subdir wins the join
-    return os.path.join(folder, os.path.splitext(os.path.basename(csv_path))[0])
+    # An absolute images_subdir wins the join.
+    return os.path.join(folder, images_subdir or stem)
+
+
+def image_root(input_base: str, images_subdir: Optional[str] = None) -> str:
+    """The folder every candidate of ``input_base`` must stay inside, as ``scan_inputs`` uses it."""
+    if is_manifest(input_base):
+        return manifest_image_root(input_base, images_subdir)
+    input_base = storage.canonical(input_base)
+    return input_base if storage.is_uri(input_base) else os.path.abspath(input_base)
 
 
 def scan_inputs(input_base: str, images_subdir: Optional[str] = None) -> list[Candidate]:
@@ -87,11 +111,15 @@ def scan_inputs(input_base: str, images_subdir: Optional[str] = None) -> list[Ca
       FileNotFoundError: ``input_base`` does not exist.
       ValueError: the manifest lacks the required columns.
     """
-    if not os.path.exists(input_base):
+    location = storage.canonical(input_base)
+    uri = storage.is_uri(location)
+    if not (storage.exists(location) if uri else os.path.exists(location)):
         raise FileNotFoundError(f"input_base {input_base!r} does not exist")
-    if is_manifest(input_base):
-        return _scan_manifest(input_base, manifest_image_root(input_base, images_subdir))
-    return _scan_folder(os.path.abspath(input_base))
+    if is_manifest(location):
+        return _scan_manifest(location, manifest_image_root(location, images_subdir))
+    if uri:
+        return _scan_folder_uri(location)
+    return _scan_folder(os.path.abspath(location))
 
 
 def _scan_folder(root: str) -> list[Candidate]:
@@ -112,8 +140,24 @@ def _scan_folder(root: str) -> list[Candidate]:
     return out
 
 
+def _scan_folder_uri(root: str) -> list[Candidate]:
+    # Object stores have no symlinks, so there is nothing to report as not_followed.
+    out = []
+    for rel in storage.walk_files(root):
+        label, sep, _ = rel.partition("/")
+        problem = None if sep else ("no_label", "file directly under input_base: no label folder")
+        out.append(Candidate(rel, label if sep else "", root, rel, problem))
+    return out
+
+
+def _open_manifest(csv_path: str):
+    if storage.is_uri(csv_path):
+        return storage.open_text(csv_path)
+    return open(csv_path, newline="", encoding="utf-8")
+
+
 def _scan_manifest(csv_path: str, root: str) -> list[Candidate]:
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    with _open_manifest(csv_path) as f:
         reader = csv.DictReader(f)
         columns = set(reader.fieldnames or ())
         if "landmark_id" not in columns or not columns & {"id", "path"}:
@@ -155,9 +199,13 @@ def read_candidate(candidate: Candidate, max_bytes: int) -> bytes:
     """
     if candidate.problem:
         raise Rejected(*candidate.problem)
+    root = storage.canonical(candidate.root)
+    if storage.is_uri(root):
+        # Lexical check, then the read of exactly the checked URI (see storage.contained).
+        return storage.read_capped(storage.contained(root, candidate.relpath), max_bytes)
     if os.path.isabs(candidate.relpath):
         raise Rejected("outside_root", "absolute path; paths must be relative to the image root")
-    root = os.path.realpath(candidate.root)
+    root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(root, candidate.relpath))  # resolves .. and symlinks
     if os.path.commonpath([real, root]) != root:
         raise Rejected("outside_root", f"resolves to {real}, outside {root}")
