@@ -44,7 +44,8 @@ def forward_flops(model, size):
     return tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops
 
 
-def step_seconds(model, config, batch, size, steps):
+def make_step(model, config, batch, size):
+    """A warmed-up training step of `model` (with the margin head) on a fixed random batch."""
     opt = training.make_optimizer("sgd", 0.01, total_steps=1000)
     trainer = training.compile_training_model(model, config, NUM_CLASSES, opt)
     rng = np.random.default_rng(0)
@@ -52,30 +53,43 @@ def step_seconds(model, config, batch, size, steps):
          "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32)}
     for _ in range(2):  # trace and warm up
         trainer.train_on_batch(x, x["label"])
+    return lambda: trainer.train_on_batch(x, x["label"])
+
+
+def step_seconds(model, config, batch, size, steps):
+    """Median seconds of `steps` training steps of one model (after warm-up)."""
+    step = make_step(model, config, batch, size)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        trainer.train_on_batch(x, x["label"])
+        step()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def run(backbone="resnet50", size=224, batch=8, steps=10, variants=("none", "authors")):
+    """Builds every candidate first, then times their steps round-robin (one step of each per
+    round), so a burst of load on the shared machine hits all candidates alike."""
     base = DOLGConfig(backbone=backbone, image_size=size, head="arcface")
-    rows = []
     candidates = [("floor (backbone+GeM+head)", base, build_floor)]
     for variant in variants:
         candidates.append((f"DOLG multi_atrous={variant}", base.replace(multi_atrous=variant), dolg_lib.build_dolg))
+    rows, steps_fns = [], []
     for name, config, builder in candidates:
-        tf.keras.backend.clear_session()
         model = builder(config)
-        rows.append({"model": name, "params": model.count_params(),
-                     "gflops": forward_flops(model, size) / 1e9,
-                     "step_s": step_seconds(model, config, batch, size, steps)})
-    floor = rows[0]
-    for row in rows:
-        row["step_ratio"] = row["step_s"] / floor["step_s"]
-        row["flops_ratio"] = row["gflops"] / floor["gflops"]
+        rows.append({"model": name, "params": model.count_params(), "gflops": forward_flops(model, size) / 1e9})
+        steps_fns.append(make_step(model, config, batch, size))
+    times = [[] for _ in candidates]
+    for _ in range(steps):
+        for i, step in enumerate(steps_fns):
+            start = time.perf_counter()
+            step()
+            times[i].append(time.perf_counter() - start)
+    floor = statistics.median(times[0])
+    for row, t in zip(rows, times):
+        row["step_s"] = statistics.median(t)
+        row["step_ratio"] = row["step_s"] / floor
+        row["flops_ratio"] = row["gflops"] / rows[0]["gflops"]
     return rows
 
 

@@ -20,8 +20,8 @@ def kubeflow():
 @click.option("--pipeline-root", required=True, metavar="URI",
               help="Where the steps write artifacts: an object-store URI, e.g. gs://BUCKET/dolg-tfx.")
 @click.option("--data", required=True, metavar="PATH",
-              help="The images (folder tree or GLDv2 CSV) as mounted in the pod, e.g. "
-                   "/gcs/BUCKET/images on Vertex AI (ImageExampleGen reads local paths).")
+              help="The images (folder tree or GLDv2 CSV): an object-store URI such as "
+                   "gs://BUCKET/images, or an absolute path mounted in the pods.")
 @click.option("--serving-dir", required=True, metavar="URI",
               help="The Pusher's destination, e.g. gs://BUCKET/serving/dolg.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 PIPELINE_NAME_RULE = r"[a-z0-9][a-z0-9-]{0,127}"
 # Where kubeflow/Dockerfile puts schemas/ (tests check the two agree). The compiling machine's
@@ -40,9 +40,6 @@ _CPU = re.compile(r"(\d+(\.\d+)?)(m?)")
 _MEMORY = re.compile(r"(\d+(\.\d+)?)([KMGTPE]i?)?")
 _MEMORY_UNIT = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
                 "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-# ImageExampleGen lists and reads its input with os.walk/open (a mounted path, not gs://), so
-# it must run inside its own pod: a remote Beam runner's workers do not see that mount.
-_POD_LOCAL_BEAM_COMPONENTS = ("ImageExampleGen",)
 
 log = logging.getLogger(__name__)
 
@@ -150,66 +147,18 @@ def trainer_resource_spec(fmt: str, gpus: int = 1, gpu_type: Optional[str] = Non
     return spec
 
 
-def _runner_name(beam_args: Sequence[str]) -> Optional[str]:
-    """The last --runner given (Beam's argparse keeps the last), in either argument form."""
-    runner = None
-    for i, arg in enumerate(beam_args):
-        if arg.startswith("--runner="):
-            runner = arg.split("=", 1)[1]
-        elif arg == "--runner" and i + 1 < len(beam_args):
-            runner = beam_args[i + 1]
-    return runner
+def _with_worker_image(beam_args: Sequence[str], image: str) -> tuple:
+    """On Dataflow the workers must import our preprocessing and metric modules: unless the
+    user named one, the pipeline image (which carries the Beam SDK harness) is the worker image."""
+    from pipeline.pipeline import beam_runner
 
-
-def _is_direct(runner: Optional[str]) -> bool:
-    return runner is None or runner.lower() in ("directrunner", "direct")
-
-
-def _has_flag(beam_args: Sequence[str], *names: str) -> bool:
-    return any(a == n or a.startswith(n + "=") for a in beam_args for n in names)
-
-
-def _remove_once(args: List[str], unwanted: Iterable[str]) -> List[str]:
-    out = list(args)
-    for arg in unwanted:
-        if arg in out:
-            out.remove(arg)
-    return out
-
-
-def _adjust_beam_args(tfx_pipeline, config, image: str) -> None:
-    """Fits the Beam arguments create_pipeline() set to the runner the user chose.
-
-    beam_pipeline_args() always adds the DirectRunner's --direct_running_mode (and
-    --direct_num_workers); with another --runner they mean nothing, so they are dropped from
-    the pipeline-level list (used for non-Beam steps) and from every Beam executor's copy
-    (tfx.dsl.Pipeline prepended them there at construction). For Dataflow the workers must
-    import our preprocessing and metric modules: the image (which carries the Beam SDK
-    harness) becomes --sdk_container_image unless the user gave one. Pod-local components
-    keep the DirectRunner (see _POD_LOCAL_BEAM_COMPONENTS).
-    """
-    from pipeline.pipeline import beam_pipeline_args
-    from tfx.dsl.components.base import executor_spec
-
-    user_args = list(config.beam_args)
-    runner = _runner_name(user_args)
-    if _is_direct(runner):
-        return
-    direct_only = beam_pipeline_args(config.replace(beam_args=()))
-    extra = []
-    if runner.lower() in ("dataflowrunner", "dataflow") and not _has_flag(
-            user_args, "--sdk_container_image", "--worker_harness_container_image"):
-        extra = [f"--sdk_container_image={image}"]
+    runner = (beam_runner(beam_args) or "").lower()
+    named = any(a.split("=", 1)[0] in ("--sdk_container_image", "--worker_harness_container_image")
+                for a in beam_args)
+    if runner in ("dataflowrunner", "dataflow") and not named:
         log.info("Dataflow workers will run %s (--sdk_container_image)", image)
-    # In place: the pipeline's property returns the list the Kubeflow builder reads.
-    tfx_pipeline.beam_pipeline_args[:] = _remove_once(tfx_pipeline.beam_pipeline_args, direct_only) + extra
-    for component in tfx_pipeline.components:
-        spec = component.executor_spec
-        if isinstance(spec, executor_spec.BeamExecutorSpec):
-            args = _remove_once(spec.beam_pipeline_args, direct_only) + extra
-            if component.id in _POD_LOCAL_BEAM_COMPONENTS:
-                args.append("--runner=DirectRunner")  # last --runner wins
-            spec.beam_pipeline_args = args
+        return tuple(beam_args) + (f"--sdk_container_image={image}",)
+    return tuple(beam_args)
 
 
 def _refuse_module_files(tfx_pipeline) -> None:
@@ -257,7 +206,7 @@ def build_pipeline(config, image: str, pipeline_root: str, data: str, serving_mo
     validate_locations(pipeline_root, data, serving_model_dir)
     if not image:
         raise ValueError("image is required: the container image every step runs in")
-    config = config.replace(beam_args=tuple(config.beam_args) + tuple(beam_args))
+    config = config.replace(beam_args=_with_worker_image(tuple(config.beam_args) + tuple(beam_args), image))
     resources = trainer_resource_spec(fmt, gpus, gpu_type, cpu, memory)
     tfx_pipeline = create_pipeline(
         config, data, pipeline_root, serving_model_dir, metadata_path=None,
@@ -266,7 +215,6 @@ def build_pipeline(config, image: str, pipeline_root: str, data: str, serving_mo
         if component.id == "ImportSchemaGen":
             component.exec_properties["schema_file"] = schema_file
     _refuse_module_files(tfx_pipeline)
-    _adjust_beam_args(tfx_pipeline, config, image)
     return tfx_pipeline
 
 

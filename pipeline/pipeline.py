@@ -20,11 +20,28 @@ PREPROCESSING_FN = "pipeline.preprocessing.preprocessing_fn"
 RUN_FN = "pipeline.trainer.run_fn"
 
 
+def beam_runner(beam_args) -> Optional[str]:
+    """The --runner in `beam_args` (the last one, as Beam's argparse keeps), or None."""
+    runner = None
+    for i, arg in enumerate(beam_args):
+        if arg.startswith("--runner="):
+            runner = arg.split("=", 1)[1]
+        elif arg == "--runner" and i + 1 < len(beam_args):
+            runner = beam_args[i + 1]
+    return runner
+
+
 def beam_pipeline_args(config: PipelineConfig) -> List[str]:
+    """The user's Beam arguments, led by the DirectRunner's mode flags when no other runner
+    (Dataflow, Flink, ...) was asked for."""
+    user = list(config.beam_args)
+    runner = beam_runner(user)
+    if runner is not None and runner.lower() not in ("directrunner", "direct"):
+        return user
     args = [f"--direct_running_mode={config.beam_mode}"]
     if config.beam_mode == "multi_processing":
         args.append(f"--direct_num_workers={config.beam_workers}")
-    return args + list(config.beam_args)
+    return args + user
 
 
 def evaluation_config(config: PipelineConfig):

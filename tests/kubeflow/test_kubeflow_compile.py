@@ -248,8 +248,7 @@ def test_cli_beam_args_reach_the_beam_components(tmp_path):
         assert not any(a.startswith("--direct_") for a in args), (task, args)
         assert f"--sdk_container_image={IMAGE}" in args, task
         last_runner = [a for a in args if a.startswith("--runner=")][-1]
-        # ImageExampleGen reads a path mounted in its pod: it stays on the DirectRunner.
-        assert last_runner == ("--runner=DirectRunner" if task == "ImageExampleGen" else DATAFLOW[0]), task
+        assert last_runner == DATAFLOW[0], task
     trainer = task_executor(spec, "Trainer").container.resources
     assert not trainer.HasField("accelerator") and trainer.resource_cpu_limit == "8"
 
