@@ -129,10 +129,7 @@ class DOLGConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "DOLGConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(unknown[0], values[unknown[0]], "no such field in DOLGConfig")
+        check_fields(cls, values)
         return cls(**values)
 
     def to_json(self) -> str:
@@ -141,6 +138,13 @@ class DOLGConfig:
     @classmethod
     def from_json(cls, text: str) -> "DOLGConfig":
         return cls.from_dict(json.loads(text))
+
+
+def check_fields(cls, values: dict, where: str = "") -> None:
+    """Raises ConfigError naming the first key of `values` that is not a field of dataclass `cls`."""
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(unknown[0], values[unknown[0]], f"no such field in {cls.__name__}{where}")
 
 
 def _positive_int(field, value, minimum=1):

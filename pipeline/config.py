@@ -8,7 +8,7 @@ import json
 import pathlib
 from typing import Optional, Tuple
 
-from dolg_model.config import ConfigError, DOLGConfig
+from dolg_model.config import ConfigError, DOLGConfig, check_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +97,7 @@ class PipelineConfig:
     def replace(self, **changes) -> "PipelineConfig":
         model_changes = changes.pop("model", None)
         if isinstance(model_changes, dict):
+            check_fields(DOLGConfig, model_changes, " (under \"model\")")
             changes["model"] = self.model.replace(**model_changes)
         elif model_changes is not None:
             changes["model"] = model_changes
@@ -118,10 +119,7 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "PipelineConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(unknown[0], values[unknown[0]], "no such field in PipelineConfig")
+        check_fields(cls, values)
         return cls(**values)
 
     @classmethod
@@ -160,8 +158,6 @@ def load_config(preset: str = "cpu-demo", path: Optional[str] = None, **override
             values = json.loads(pathlib.Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ConfigError("config file", path, f"cannot be read as JSON: {err}") from err
-        for key in values:
-            if key not in {f.name for f in dataclasses.fields(PipelineConfig)}:
-                raise ConfigError(key, values[key], f"no such field in PipelineConfig (in {path})")
+        check_fields(PipelineConfig, values, f" (in {path})")
         config = config.replace(**values)
     return config.replace(**overrides) if overrides else config

@@ -6,7 +6,6 @@ SavedModel's signature, ranked here with a plain argsort: that verifies the glue
 cropping, ordering, failure handling), never a second implementation of a metric.
 """
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -22,24 +21,16 @@ from PIL import Image
 from components.retrieval import datasets, protocols
 from components.retrieval.embedder import Embedder, crop_to_png, resolve_model_dir
 from dolg_tfx.cli import main
+from conftest import load_fixture
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _load_stand_in():
-    # By file path, like the other tests' fixtures: no installed "tests" package may shadow ours.
-    spec = importlib.util.spec_from_file_location(
-        "dolg_tfx_tests_fixtures_stand_in_model", REPO / "tests" / "fixtures" / "stand_in_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
 def model_base(tmp_path_factory):
     """The stand-in model in TF Serving's layout; the base dir is what the CLI gets."""
     base = tmp_path_factory.mktemp("model")
-    _load_stand_in().save_stand_in_model(base / "1", dim=16)
+    load_fixture("stand_in_model").save_stand_in_model(base / "1", dim=16)
     return base
 
 

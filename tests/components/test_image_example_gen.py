@@ -3,7 +3,6 @@
 the component inside a real TFX pipeline (LocalDagRunner -> StatisticsGen)."""
 import csv
 import glob
-import importlib.util
 import json
 import os
 import pathlib
@@ -19,6 +18,7 @@ from PIL import Image
 from components.image_example_gen import checks, inputs
 from components.image_example_gen import assign_splits, check_image, label_bucket, scan_inputs
 from pipeline import demo_data
+from conftest import load_fixture
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CODES = {"empty", "too_many_bytes", "not_an_image", "bad_header", "too_many_pixels", "decode_failed",
@@ -27,16 +27,7 @@ CODES = {"empty", "too_many_bytes", "not_an_image", "bad_header", "too_many_pixe
 MB = 50 * 1024 * 1024
 
 
-def _load_bad_images():
-    # By file path, as in tests/pipeline/test_demo_data.py: no installed "tests" package may shadow ours.
-    spec = importlib.util.spec_from_file_location(
-        "dolg_tfx_tests_fixtures_bad_images", REPO / "tests" / "fixtures" / "bad_images.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bad_images = _load_bad_images()
+bad_images = load_fixture("bad_images")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -393,9 +384,8 @@ def test_compiles_for_kubeflow_v2(tmp_path):
 
     from components.image_example_gen import ImageExampleGen
 
-    runner_cls = getattr(tfx.orchestration.experimental, "KubeflowV2DagRunner", None)
-    if runner_cls is None:
-        pytest.skip("kfp-pipeline-spec is not installed")
+    # kfp-pipeline-spec is in the kubeflow extra every install path installs: no skip.
+    runner_cls = tfx.orchestration.experimental.KubeflowV2DagRunner
     pipe = tfx.dsl.Pipeline(pipeline_name="image-example-gen", pipeline_root=str(tmp_path / "root"),
                             components=[ImageExampleGen(input_base="/data/train.csv")])
     out = tmp_path / "pipeline.json"

@@ -4,7 +4,6 @@ The gallery is 20 tiny generated JPEGs in 4 label folders plus one broken file; 
 the stand-in SavedModel with the pushed model's serving contract (tests/fixtures).
 """
 import csv
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -17,22 +16,14 @@ from PIL import Image
 
 from components.retrieval.index import GalleryIndex, exact_search, faiss_or_none
 from dolg_tfx.cli import main
+from conftest import load_fixture
 from dolg_tfx.cli_index import (BORDER, CELL, OTHER_COLOUR, PAD, QUERY_COLOUR, SAME_COLOUR,
                                 UNKNOWN_COLOUR, grid_size)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 LABELS = ("lab0", "lab1", "lab2", "lab3")
 PER_LABEL = 5
-needs_faiss = pytest.mark.skipif(faiss_or_none() is None, reason="faiss-cpu is not installed")
-
-
-def _load_stand_in():
-    # By file path, like the other tests' fixtures: no installed "tests" package may shadow ours.
-    spec = importlib.util.spec_from_file_location(
-        "dolg_tfx_tests_fixtures_stand_in_model", REPO / "tests" / "fixtures" / "stand_in_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+# faiss-cpu is a main dependency: the HNSW tests fail, never skip, when it is missing.
 
 
 def _write_gallery(root: pathlib.Path, rng) -> list:
@@ -54,7 +45,7 @@ def built(tmp_path_factory):
     """Model, gallery (20 good images + 1 broken) and the index built by the CLI."""
     tmp = tmp_path_factory.mktemp("gallery")
     model = tmp / "model"
-    _load_stand_in().save_stand_in_model(model / "3", dim=16)
+    load_fixture("stand_in_model").save_stand_in_model(model / "3", dim=16)
     files = _write_gallery(tmp / "gallery", np.random.default_rng(0))
     broken = tmp / "gallery" / "lab1" / "zz_broken.jpg"
     broken.write_bytes(b"<html><body>404 Not Found</body></html>")
@@ -119,8 +110,8 @@ def test_build_from_a_csv_manifest_with_hnsw(built, tmp_path):
     assert result.exit_code == 0, result.output
     assert "lab0/nope.jpg: missing" in result.stderr
     index = GalleryIndex.load(str(tmp_path / "idx"))
-    if faiss_or_none() is not None:
-        assert index.backend == "hnsw" and (tmp_path / "idx" / "faiss.index").is_file()
+    assert faiss_or_none() is not None
+    assert index.backend == "hnsw" and (tmp_path / "idx" / "faiss.index").is_file()
     assert index.ids == [f"img{n:03d}" for n in range(8)]
     assert index.labels == ["100"] * 5 + ["101"] * 3
     rows = _rows(CliRunner().invoke(main, ["search", "--index", str(tmp_path / "idx"),
@@ -181,7 +172,6 @@ def test_exact_search_is_a_stable_full_sort():
     assert exact_search(db[:1], db[:3], 10)[1].shape == (1, 3)  # k > N
 
 
-@needs_faiss
 def test_hnsw_equals_exact_on_the_small_gallery(built):
     exact = GalleryIndex.load(str(built["index"]))
     ann = GalleryIndex(exact.ids, exact.embeddings, backend="hnsw")
@@ -190,7 +180,6 @@ def test_hnsw_equals_exact_on_the_small_gallery(built):
     assert got.tolist() == want.tolist()  # recall 1.0 at k=5, same order
 
 
-@needs_faiss
 def test_hnsw_recall_on_a_larger_random_gallery():
     """Stated recall: >= 0.98 at k=10 on 2000 random unit vectors (the hard case for ANN)."""
     rng = np.random.default_rng(2)
@@ -202,7 +191,7 @@ def test_hnsw_recall_on_a_larger_random_gallery():
     assert recall >= 0.98, recall
 
 
-@pytest.mark.parametrize("backend", ["exact", pytest.param("hnsw", marks=needs_faiss)])
+@pytest.mark.parametrize("backend", ["exact", "hnsw"])
 def test_save_load_round_trip(tmp_path, backend):
     rng = np.random.default_rng(3)
     emb = _unit(rng, 50)

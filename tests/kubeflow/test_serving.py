@@ -8,7 +8,6 @@ tensor, ``{"error": ...}`` with HTTP 400 on InvalidArgument, PredictResponse ten
 """
 import base64
 import copy
-import importlib.util
 import json
 import pathlib
 import socket
@@ -28,6 +27,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from dolg_tfx import serving_client as sc
 from dolg_tfx.cli import main as cli_main
+from conftest import load_fixture
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SERVING = REPO / "kubeflow" / "serving"
@@ -35,16 +35,7 @@ K8S_VERSION = "1.30"  # schemas bundled in kubernetes-validate; no download at t
 DIM = 16
 
 
-def _load_stand_in():
-    # By file path: a top-level "tests" package from some wheel must not shadow ours.
-    spec = importlib.util.spec_from_file_location(
-        "dolg_tfx_tests_fixtures_stand_in_model", REPO / "tests" / "fixtures" / "stand_in_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-stand_in = _load_stand_in()
+stand_in = load_fixture("stand_in_model")
 
 
 # ------------------------------------------------------------------ manifests -------------

@@ -2,7 +2,6 @@
 fixture (tests/fixtures/bad_images.py): the zoo must be what it claims to be."""
 import csv
 import hashlib
-import importlib.util
 import pathlib
 import re
 import time
@@ -12,21 +11,12 @@ import pytest
 from PIL import Image, ImageFile, ImageOps
 
 from pipeline import demo_data
+from conftest import load_fixture
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _load_bad_images():
-    # Loaded by file path: a top-level "tests" or "fixtures" package installed in site-packages
-    # (some wheels ship one) must not shadow ours.
-    spec = importlib.util.spec_from_file_location(
-        "dolg_tfx_tests_fixtures_bad_images", REPO / "tests" / "fixtures" / "bad_images.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bad_images = _load_bad_images()
+bad_images = load_fixture("bad_images")
 
 N, V, SIZE = 12, 5, 96  # small: the whole module runs in a few seconds
 

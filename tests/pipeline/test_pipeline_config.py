@@ -1,0 +1,58 @@
+"""PipelineConfig: presets, JSON files, validation messages, what the Trainer sees."""
+import json
+
+import pytest
+
+from dolg_model.config import ConfigError
+from pipeline.config import NOT_FOR_TRAINER, PRESETS, PipelineConfig, load_config
+from pipeline.pipeline import beam_pipeline_args
+
+
+def test_presets_are_valid_and_round_trip():
+    for name, config in PRESETS.items():
+        assert PipelineConfig.from_json(config.to_json()) == config, name
+
+
+def test_config_file_overrides_preset_and_model_fields(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"train_steps": 7, "warmup_steps": 1, "model": {"embedding_dim": 64}}))
+    config = load_config("tiny", str(path))
+    assert config.train_steps == 7 and config.model.embedding_dim == 64
+    assert config.model.backbone == PRESETS["tiny"].model.backbone  # the rest kept
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"train_stepz": 3}, "train_stepz"),
+    ({"model": {"embeding_dim": 3}}, "embeding_dim"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"pipeline_name": "Bad_Name"}, "pipeline_name"),
+    ({"model": {"head": "softmax"}}, "head"),
+])
+def test_bad_values_name_the_field(tmp_path, values, field):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", str(path))
+    assert err.value.field == field and field in str(err.value)
+
+
+def test_unreadable_config_file_is_named(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="c.json"):
+        load_config("tiny", str(path))
+
+
+def test_trainer_view_ignores_thresholds_and_beam():
+    a = PRESETS["tiny"]
+    b = a.replace(min_map=0.9, max_map_drop=0.5, beam_mode="multi_processing", pipeline_name="other")
+    assert a.trainer_json() == b.trainer_json()
+    assert a.trainer_json() != a.replace(learning_rate=0.5).trainer_json()
+    assert not set(NOT_FOR_TRAINER) & set(json.loads(a.trainer_json()))
+
+
+def test_direct_runner_flags_only_without_another_runner():
+    config = PRESETS["tiny"].replace(beam_mode="multi_processing", beam_workers=3)
+    assert beam_pipeline_args(config) == ["--direct_running_mode=multi_processing", "--direct_num_workers=3"]
+    flink = config.replace(beam_args=("--runner=FlinkRunner", "--flink_master=host:8081"))
+    assert beam_pipeline_args(flink) == ["--runner=FlinkRunner", "--flink_master=host:8081"]
