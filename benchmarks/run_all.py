@@ -31,7 +31,11 @@ BENCHMARKS = (
     ("retrieval_eval", None, ["--quick"], ["--full"]),
     ("train_step", "Training step: DOLG vs its floor",
      ["--backbone", "mobilenetv3small", "--size", "96", "--batch", "16", "--steps", "5"], []),
+    ("dilated_conv", "Multi-atrous convolutions: tap by tap vs Keras' dilated Conv2D",
+     ["--rounds", "3"], ["--rounds", "9"]),
 )
+# These print their own markdown table (caption line first); the others return it in JSON.
+PRINTS_TABLE = {"train_step": "Training step", "dilated_conv": "Dilated 3x3"}
 
 
 def git_commit():
@@ -102,10 +106,10 @@ def run_one(module, args, logs):
         return json.load(f), seconds, proc.stdout, log
 
 
-def train_step_markdown(stdout):
-    """train_step prints its own table (its JSON has rows only): keep its header line onward."""
+def printed_markdown(stdout, caption):
+    """A benchmark that prints its own table (its JSON has rows only): its caption line onward."""
     lines = stdout.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("Training step")), None)
+    start = next((i for i, line in enumerate(lines) if line.startswith(caption)), None)
     if start is None:
         return "(no table printed)"
     # its caption sits right above the table; markdown needs a blank line between them
@@ -134,8 +138,8 @@ def main():
         if result is None:
             sections.append(f"## {title or module}\n\nFAILED after {seconds:.0f} s; see `{log_rel}`.")
             missed.append(f"{module}: FAILED (see {log_rel})")
-        elif module == "train_step":
-            sections.append(f"## {title}\n\n{train_step_markdown(stdout)}")
+        elif module in PRINTS_TABLE:
+            sections.append(f"## {title}\n\n{printed_markdown(stdout, PRINTS_TABLE[module])}")
         else:
             sections.append(f"## {result['title']}\n\n{result['markdown']}")
             missed += [f"{module}: {line}" for line in result["missed"]]

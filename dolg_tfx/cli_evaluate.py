@@ -136,7 +136,10 @@ def format_report(report: dict) -> list[str]:
               help="Images per model call.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Also write the full results (per-query APs, failures) as JSON here.")
-def evaluate(data_dir, model_dir, protocol, batch_size, json_out):
+@click.option("--scales", default=None, metavar="S1,S2,...",
+              help="Multi-scale descriptor scales, e.g. 0.7071,1,1.4142 (default: those the model "
+                   "was exported with).")
+def evaluate(data_dir, model_dir, protocol, batch_size, json_out, scales):
     """Score a pushed model on a standard retrieval benchmark."""
     from components.retrieval import datasets
     from components.retrieval.embedder import Embedder
@@ -146,7 +149,11 @@ def evaluate(data_dir, model_dir, protocol, batch_size, json_out):
     except (OSError, ValueError) as err:
         raise click.ClickException(f"cannot load {protocol} from {data_dir}: {err}")
     try:
-        embedder = Embedder(model_dir)
+        scale_list = [float(v) for v in scales.split(",")] if scales else None
+    except ValueError:
+        raise click.BadParameter(f"{scales!r} is not a comma-separated list of numbers", param_hint="--scales")
+    try:
+        embedder = Embedder(model_dir, scales=scale_list)
     except (OSError, ValueError) as err:
         raise click.ClickException(f"cannot load the model: {err}")
     report = evaluate_set(ds, embedder, batch_size)

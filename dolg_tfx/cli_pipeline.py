@@ -25,12 +25,16 @@ def _load(preset, config_file, overrides=None):
               help="JSON file with PipelineConfig fields (\"model\" holds DOLGConfig fields).")
 @click.option("--preset", default="cpu-demo", show_default=True, help="paper, cpu-demo or tiny.")
 @click.option("--no-cache", is_flag=True, help="Run every component even if its inputs are unchanged.")
+@click.option("--beam-mode", type=click.Choice(["in_memory", "multi_processing"]), default=None,
+              help="Beam DirectRunner mode (default: the config's; multi_processing uses --beam-workers).")
+@click.option("--beam-workers", type=click.IntRange(min=1), default=None)
 @click.option("-v", "--verbose", is_flag=True, help="Show TFX's INFO logs.")
-def run(data, output, config_file, preset, no_cache, verbose):
+def run(data, output, config_file, preset, no_cache, beam_mode, beam_workers, verbose):
     """Run the whole pipeline on your images and print a summary."""
     from pipeline import local_runner
 
-    config = _load(preset, config_file)
+    overrides = {k: v for k, v in (("beam_mode", beam_mode), ("beam_workers", beam_workers)) if v}
+    config = _load(preset, config_file, overrides)
     summary = local_runner.run(config, data, output, enable_cache=not no_cache, verbose=verbose)
     click.echo(local_runner.format_summary(summary))
 

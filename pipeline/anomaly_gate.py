@@ -31,13 +31,18 @@ def describe_anomalies(anomalies_artifact) -> list:
     return lines
 
 
-@tfx.dsl.components.component
-def AnomalyGate(anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies]):
-    """Raises if the examples broke the schema."""
-    lines = describe_anomalies(anomalies)
+def raise_on_anomalies(anomalies_artifact) -> None:
+    """Raises RuntimeError listing every anomaly, with what to do about them."""
+    lines = describe_anomalies(anomalies_artifact)
     if lines:
         raise RuntimeError(
             "The data does not match the curated schema (schemas/schema.pbtxt):\n  - "
             + "\n  - ".join(lines)
             + "\nFix or remove the offending files (the ingestion report lists every file), or, if the "
               "new values are legitimate, update schemas/schema.pbtxt and run again.")
+
+
+@tfx.dsl.components.component
+def AnomalyGate(anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies]):
+    """Stops the run if the examples broke the schema."""
+    raise_on_anomalies(anomalies)

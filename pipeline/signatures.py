@@ -2,6 +2,8 @@
 
 - serving_default: encoded image bytes [None] -> {"embedding": [None, D]} (TF Serving, clients)
 - serving_examples: serialized tf.Examples [None] -> {"embedding"} (the Evaluator, batch jobs)
+- serving_scales: encoded image bytes [None] + scales [None] -> {"embedding"}: the multi-scale
+  descriptor at scales chosen per request (`dolg-tfx evaluate --scales`)
 - transform_features: serialized tf.Examples -> the Transform graph's outputs
 - attention: one encoded image -> {"attention": [H, W]}, the local attention map laid over
   the original image's pixels (explanations: `dolg-tfx explain`)
@@ -60,6 +62,25 @@ def build_signatures(dolg, tft_layer, raw_feature_spec, scales, resize_mode="pad
         parsed = tf.io.parse_example(examples, _image_only_spec())
         return embed(parsed[F.IMAGE])
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.IMAGES_INPUT),
+                                  tf.TensorSpec([None], tf.float32, name="scales")])
+    def serve_scales(images, scales):
+        frames = decode(images)
+        size = tf.cast(tf.shape(frames)[1:3], tf.float32)
+        dim = dolg.output_shape[-1]
+
+        def add_scale(i, total):
+            # The same arithmetic as multi_scale_embedding, with the scales as a tensor.
+            s = scales[i]
+            scaled = tf.cond(tf.equal(s, 1.0), lambda: frames, lambda: tf.image.resize(
+                frames, tf.maximum(tf.cast(tf.round(size * s), tf.int32), 1), method="bilinear", antialias=True))
+            e = tf.math.l2_normalize(tf.cast(dolg(scaled, training=False), tf.float32), axis=-1)
+            return i + 1, total + e
+
+        _, total = tf.while_loop(lambda i, _: i < tf.size(scales), add_scale,
+                                 [tf.constant(0), tf.zeros([tf.shape(frames)[0], dim], tf.float32)])
+        return {F.EMBEDDING: tf.math.l2_normalize(total, axis=-1)}
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.EXAMPLES_INPUT)])
     def transform_features(examples):
         return tft_layer(tf.io.parse_example(examples, raw_feature_spec))
@@ -79,6 +100,7 @@ def build_signatures(dolg, tft_layer, raw_feature_spec, scales, resize_mode="pad
     return {
         "serving_default": serve_images.get_concrete_function(),
         "serving_examples": serve_examples.get_concrete_function(),
+        "serving_scales": serve_scales.get_concrete_function(),
         "transform_features": transform_features.get_concrete_function(),
         "attention": serve_attention.get_concrete_function(),
     }

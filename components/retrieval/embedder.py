@@ -26,6 +26,7 @@ from components.image_example_gen import inputs as gen_inputs
 from components.image_example_gen.checks import Rejected
 
 SIGNATURE, INPUT_KEY, OUTPUT_KEY = "serving_default", "images", "embedding"
+SCALES_SIGNATURE = "serving_scales"
 # Same cap as ImageExampleGen: far above any real photo, far below a decompression bomb.
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 
@@ -123,9 +124,21 @@ def read_file(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
 class Embedder:
     """A loaded SavedModel (loaded once) that embeds batches of encoded images."""
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, scales: Optional[Sequence[float]] = None):
+        """Args:
+          model_dir: the exported model (a version folder or the base holding versions).
+          scales: embed at these scales (the model's `serving_scales` signature) instead of
+            the scales it was exported with.
+        """
         self.model_dir = resolve_model_dir(model_dir)
         self._loaded = tf.saved_model.load(self.model_dir)
+        self.scales = None if scales is None else [float(s) for s in scales]
+        if self.scales is not None:
+            if SCALES_SIGNATURE not in self._loaded.signatures:
+                raise ValueError(f"{self.model_dir}: no {SCALES_SIGNATURE!r} signature to embed at "
+                                 f"chosen scales (has {sorted(self._loaded.signatures)})")
+            if not self.scales or min(self.scales) <= 0:
+                raise ValueError(f"scales must be positive, got {self.scales}")
         if SIGNATURE not in self._loaded.signatures:
             raise ValueError(f"{self.model_dir}: no {SIGNATURE!r} signature "
                              f"(has {sorted(self._loaded.signatures)})")
@@ -141,7 +154,12 @@ class Embedder:
 
     def embed_bytes(self, blobs: Sequence[bytes]) -> np.ndarray:
         """Embeds encoded images in one call; raises tf.errors.OpError if any is bad."""
-        out = self._fn(**{INPUT_KEY: tf.constant(list(blobs), dtype=tf.string)})
+        images = tf.constant(list(blobs), dtype=tf.string)
+        if self.scales is not None:
+            out = self._loaded.signatures[SCALES_SIGNATURE](
+                **{INPUT_KEY: images, "scales": tf.constant(self.scales, tf.float32)})
+        else:
+            out = self._fn(**{INPUT_KEY: images})
         return out[OUTPUT_KEY].numpy().astype(np.float32, copy=False)
 
     def embed_blobs(self, blobs: Sequence[bytes]):

@@ -56,3 +56,25 @@ def test_direct_runner_flags_only_without_another_runner():
     assert beam_pipeline_args(config) == ["--direct_running_mode=multi_processing", "--direct_num_workers=3"]
     flink = config.replace(beam_args=("--runner=FlinkRunner", "--flink_master=host:8081"))
     assert beam_pipeline_args(flink) == ["--runner=FlinkRunner", "--flink_master=host:8081"]
+
+
+def test_run_command_passes_beam_mode_to_the_pipeline(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dolg_tfx.cli import main
+    from pipeline import local_runner
+
+    seen = {}
+
+    def fake_run(config, data, output, enable_cache=True, verbose=True):
+        seen.update(config=config, data=data, cache=enable_cache)
+        return {"run": "r", "components": {}}
+
+    monkeypatch.setattr(local_runner, "run", fake_run)
+    result = CliRunner().invoke(main, ["run", "--data", str(tmp_path), "--output", str(tmp_path / "o"),
+                                       "--preset", "tiny", "--beam-mode", "multi_processing",
+                                       "--beam-workers", "3", "--no-cache"])
+    assert result.exit_code == 0, result.output
+    assert seen["config"].beam_mode == "multi_processing" and seen["config"].beam_workers == 3
+    assert seen["cache"] is False
+    assert "--direct_num_workers=3" in beam_pipeline_args(seen["config"])

@@ -137,3 +137,19 @@ def test_explain_works_from_the_pushed_model(first_run, tmp_path):
     serve = tf.saved_model.load(first_run["summary"]["pushed_to"]).signatures["attention"]
     att = serve(image=tf.constant(image.read_bytes()))["attention"].numpy()
     assert att.shape == (72, 72) and np.all(att > 0) and att.std() > 0
+
+
+def test_scales_chosen_per_request(first_run):
+    from components.retrieval.embedder import Embedder
+
+    pushed = first_run["summary"]["pushed_to"]
+    jpegs = [p.read_bytes() for p in sorted(first_run["data"].glob("landmark_*/*.jpg"))[:4]]
+    default = Embedder(pushed).embed_bytes(jpegs)  # the tiny preset exports scales (1.0,)
+    np.testing.assert_allclose(Embedder(pushed, scales=[1.0]).embed_bytes(jpegs), default, atol=1e-5)
+    multi = Embedder(pushed, scales=[0.7071, 1.0, 1.4142]).embed_bytes(jpegs)
+    np.testing.assert_allclose(np.linalg.norm(multi, axis=1), 1.0, rtol=1e-5)
+    assert np.abs(multi - default).max() > 1e-3
+    # Averaging per-scale unit descriptors, as multi_scale_embedding does:
+    parts = [Embedder(pushed, scales=[s]).embed_bytes(jpegs) for s in (0.7071, 1.0, 1.4142)]
+    manual = sum(parts)
+    np.testing.assert_allclose(multi, manual / np.linalg.norm(manual, axis=1, keepdims=True), atol=1e-5)
