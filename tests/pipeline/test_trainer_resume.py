@@ -17,7 +17,7 @@ def _run(data, out, cfg_file, log):
     # Output to a file: an unread pipe fills up with TFX's logs and blocks the child.
     return subprocess.Popen(
         [sys.executable, "-c", "from dolg_tfx.cli import main; main()", "run", "--data", str(data),
-         "--output", str(out), "--preset", "tiny", "--config", str(cfg_file)],
+         "--output", str(out), "--preset", "tiny", "--config", str(cfg_file), "--verbose"],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
