@@ -33,9 +33,10 @@ BENCHMARKS = (
      ["--backbone", "mobilenetv3small", "--size", "96", "--batch", "16", "--steps", "5"], []),
     ("dilated_conv", "Multi-atrous convolutions: tap by tap vs Keras' dilated Conv2D",
      ["--rounds", "3"], ["--rounds", "9"]),
+    ("dolg_head", "What DOLG's head costs against the floor's GeM + FC", ["--rounds", "7"], ["--rounds", "21"]),
 )
 # These print their own markdown table (caption line first); the others return it in JSON.
-PRINTS_TABLE = {"train_step": "Training step", "dilated_conv": "Dilated 3x3"}
+PRINTS_TABLE = {"train_step": "Training step", "dilated_conv": "Dilated 3x3", "dolg_head": "DOLG head"}
 
 
 def git_commit():
