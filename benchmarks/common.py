@@ -106,6 +106,29 @@ def pipeline_run(preset, data, fresh=False, output=None):
     return dict(result, reused=False)
 
 
+def bench_run(full):
+    """(preset, its PipelineConfig, the generated data's settings, the cached pipeline run)."""
+    from pipeline.config import load_config
+
+    preset, data = (FULL_PRESET, DEMO_DATA) if full else (QUICK_PRESET, QUICK_DATA)
+    return preset, load_config(preset), data, pipeline_run(preset, data)
+
+
+def round_robin(steps, rounds):
+    """{name: median seconds} of calling every step once per round, `rounds` times.
+
+    Interleaving spreads a burst of load on the shared machine over all candidates alike."""
+    import statistics
+
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def run_artifacts(output):
     """(Examples artifact as a TFX Artifact, Transform graph URI, Trainer's exported model dir)
     of the latest run in `output`, read from ML Metadata like the orchestrator hands them over."""

@@ -8,12 +8,11 @@ compared so the speed-up is for the same result.
 """
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import common
 from dolg_model.layers import DilatedConv3x3
 
 RATES = (6, 12, 18)
@@ -40,16 +39,11 @@ def run(batch=8, size=14, channels=1024, filters=512, rounds=7):
         return step
 
     steps = {"keras Conv2D(dilation_rate)": make_step(keras_convs), "DilatedConv3x3": make_step(ours)}
-    times = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    base = statistics.median(times["keras Conv2D(dilation_rate)"])
+    medians = common.round_robin(steps, rounds)
+    base = medians["keras Conv2D(dilation_rate)"]
     return {"batch": batch, "size": size, "max_abs_diff": max_diff,
-            "rows": [{"implementation": n, "ms": statistics.median(t) * 1e3,
-                      "speedup_vs_keras": base / statistics.median(t)} for n, t in times.items()]}
+            "rows": [{"implementation": n, "ms": t * 1e3, "speedup_vs_keras": base / t}
+                     for n, t in medians.items()]}
 
 
 def main():

@@ -9,11 +9,10 @@ DOLG without multi-atrous (benchmarks/train_step.py) beyond its FLOPs.
 """
 import argparse
 import json
-import statistics
-import time
 
 import tensorflow as tf
 
+from benchmarks import common
 from dolg_model import layers
 
 
@@ -44,13 +43,7 @@ def run(batch=8, rounds=15):
             return tape.gradient(out, [local, global_])
         step()
         steps[name] = step
-    times = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return [{"part": name, "ms": statistics.median(t) * 1e3} for name, t in times.items()]
+    return [{"part": name, "ms": t * 1e3} for name, t in common.round_robin(steps, rounds).items()]
 
 
 def main():

@@ -62,12 +62,8 @@ def run(full=False):
     from benchmarks import train_step
     from dolg_model import model as dolg_lib
     from pipeline import dataset
-    from pipeline.config import load_config
 
-    preset = common.FULL_PRESET if full else common.QUICK_PRESET
-    data = common.DEMO_DATA if full else common.QUICK_DATA
-    run_info = common.pipeline_run(preset, data)
-    config = load_config(preset)
+    preset, config, data, run_info = common.bench_run(full)
     examples, graph_uri, _ = common.run_artifacts(run_info["output"])
     train_files = sorted(glob.glob(os.path.join(examples.uri, "Split-train", "*")))
     tft_output = tft.TFTransformOutput(graph_uri)

@@ -94,13 +94,9 @@ def run(full=False):
     import tensorflow_transform as tft
 
     from pipeline import signatures
-    from pipeline.config import load_config
     from pipeline.demo_report import read_split
 
-    preset = common.FULL_PRESET if full else common.QUICK_PRESET
-    data = common.DEMO_DATA if full else common.QUICK_DATA
-    run_info = common.pipeline_run(preset, data)
-    config = load_config(preset)
+    preset, config, data, run_info = common.bench_run(full)
     size = config.model.image_size
     path = model_dir(run_info["summary"])
     _, images, _ = read_split(run_info["summary"]["examples"], "eval")

@@ -10,13 +10,12 @@ of one training step for each, with ratios to the floor.
 """
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 import tensorflow as tf
 
-from dolg_model import heads, layers
+from benchmarks import common
+from dolg_model import layers
 from dolg_model import model as dolg_lib
 from dolg_model import training
 from dolg_model.backbones import build_backbone
@@ -58,13 +57,7 @@ def make_step(model, config, batch, size):
 
 def step_seconds(model, config, batch, size, steps):
     """Median seconds of `steps` training steps of one model (after warm-up)."""
-    step = make_step(model, config, batch, size)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return common.round_robin({"step": make_step(model, config, batch, size)}, steps)["step"]
 
 
 def run(backbone="resnet50", size=224, batch=8, steps=10, variants=("none", "authors")):
@@ -79,16 +72,11 @@ def run(backbone="resnet50", size=224, batch=8, steps=10, variants=("none", "aut
         model = builder(config)
         rows.append({"model": name, "params": model.count_params(), "gflops": forward_flops(model, size) / 1e9})
         steps_fns.append(make_step(model, config, batch, size))
-    times = [[] for _ in candidates]
-    for _ in range(steps):
-        for i, step in enumerate(steps_fns):
-            start = time.perf_counter()
-            step()
-            times[i].append(time.perf_counter() - start)
-    floor = statistics.median(times[0])
-    for row, t in zip(rows, times):
-        row["step_s"] = statistics.median(t)
-        row["step_ratio"] = row["step_s"] / floor
+    medians = list(common.round_robin({i: step for i, step in enumerate(steps_fns)}, steps).values())
+    floor = medians[0]
+    for row, t in zip(rows, medians):
+        row["step_s"] = t
+        row["step_ratio"] = t / floor
         row["flops_ratio"] = row["gflops"] / rows[0]["gflops"]
     return rows
 

@@ -5,7 +5,7 @@ descriptors. The margin head exists only in the training model that wraps it.
 """
 import tensorflow as tf
 
-from dolg_model import backbones, heads, layers
+from dolg_model import backbones, layers
 from dolg_model.config import DOLGConfig
 
 keras = tf.keras

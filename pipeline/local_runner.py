@@ -3,7 +3,6 @@ summarises a run from ML Metadata: images ingested and rejected, mAP, blessing, 
 import dataclasses
 import json
 import os
-from typing import Optional
 
 from absl import logging
 
