@@ -114,18 +114,22 @@ def bench_run(full):
     return preset, load_config(preset), data, pipeline_run(preset, data)
 
 
-def round_robin(steps, rounds):
-    """{name: median seconds} of calling every step once per round, `rounds` times.
+def round_robin(steps, rounds, burst=1):
+    """{name: median seconds} of calling every step `burst` times in a row per round.
 
-    Interleaving spreads a burst of load on the shared machine over all candidates alike."""
+    Interleaving spreads a burst of load on the shared machine over all candidates alike;
+    `burst` > 1 times only the visits' later calls, so that switching between large models
+    (oneDNN's primitive cache, memory) is not charged to whichever runs first."""
     import statistics
 
     times = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
+            for call in range(burst):
+                start = time.perf_counter()
+                step()
+                if burst == 1 or call > 0:
+                    times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
