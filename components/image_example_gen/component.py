@@ -31,9 +31,11 @@ class ImageExampleGen(base_beam_component.BaseBeamComponent):
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
     ```
 
-    Caching: like any component, a cached run is reused while the exec properties are
-    unchanged; this component does not fingerprint the files under ``input_base``, so
-    disable caching for it (or change ``split_salt``/``input_base``) after editing the data.
+    Caching: a cached run is reused while the exec properties are unchanged. For local inputs
+    the constructor records a fingerprint of the files (paths, sizes, modification times; for
+    a manifest, its own bytes too), so adding, removing or editing an image reruns ingestion.
+    For URIs (gs://...) no fingerprint is taken at definition time: disable caching, or pass
+    ``input_fingerprint`` yourself, after editing such data.
 
     Component `outputs` contains:
      - `examples`: Channel of type `standard_artifacts.Examples`, splits `train` and `eval`.
@@ -49,7 +51,8 @@ class ImageExampleGen(base_beam_component.BaseBeamComponent):
                  eval_fraction: float = s.DEFAULT_EVAL_FRACTION,
                  max_bytes: int = s.DEFAULT_MAX_BYTES,
                  max_pixels: int = s.DEFAULT_MAX_PIXELS,
-                 split_salt: str = s.DEFAULT_SPLIT_SALT):
+                 split_salt: str = s.DEFAULT_SPLIT_SALT,
+                 input_fingerprint: Optional[str] = None):
         """Constructs an ImageExampleGen.
 
         Args:
@@ -63,6 +66,7 @@ class ImageExampleGen(base_beam_component.BaseBeamComponent):
           max_bytes: larger files are refused without being read.
           max_pixels: images whose header claims more pixels are refused before decoding.
           split_salt: mixed into the label hash; change it for another train/eval split.
+          input_fingerprint: a digest of the input files (computed for local inputs when None).
         """
         # Plain numbers (not RuntimeParameters) are normalised and checked now, at pipeline
         # definition, rather than minutes later in the executor; 40e6 is a fine max_pixels.
@@ -77,6 +81,9 @@ class ImageExampleGen(base_beam_component.BaseBeamComponent):
             max_bytes=max_bytes,
             max_pixels=max_pixels,
             split_salt=split_salt,
+            input_fingerprint=(inputs.fingerprint(input_base, images_subdir)
+                               if input_fingerprint is None and isinstance(input_base, str)
+                               else input_fingerprint),
             examples=types.Channel(type=standard_artifacts.Examples),
             report=types.Channel(type=s.IngestionReport))
         super().__init__(spec=spec)

@@ -270,3 +270,27 @@ def assign_splits(labels: Iterable[str], eval_fraction: float, salt: str) -> dic
 def split_counts(assignment: dict[str, str], splits: Sequence[str] = SPLITS) -> dict[str, int]:
     """Number of labels per split."""
     return {s: sum(1 for v in assignment.values() if v == s) for s in splits}
+
+
+def fingerprint(input_base: str, images_subdir: Optional[str] = None) -> Optional[str]:
+    """A digest of what ingestion would read from a LOCAL input: every file's path, size and
+    modification time under the image root, plus the manifest's bytes. None for URIs (listing
+    an object store at pipeline-definition time is not this function's job) or a missing path."""
+    input_base = storage.canonical(input_base)
+    if storage.is_uri(input_base) or not os.path.exists(input_base):
+        return None
+    digest = hashlib.sha256()
+    root = image_root(input_base, images_subdir)
+    if is_manifest(input_base):
+        with open(input_base, "rb") as f:
+            digest.update(f.read())
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # vanished or unreadable: ingestion will report it
+            digest.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

@@ -17,6 +17,7 @@ EVAL_FRACTION_KEY = "eval_fraction"
 MAX_BYTES_KEY = "max_bytes"
 MAX_PIXELS_KEY = "max_pixels"
 SPLIT_SALT_KEY = "split_salt"
+INPUT_FINGERPRINT_KEY = "input_fingerprint"
 
 # Defaults, shared by the component's constructor and the executor (which must also cope
 # with exec properties that omit the optional ones, e.g. when Do() is called directly).
@@ -51,6 +52,9 @@ class ImageExampleGenSpec(types.ComponentSpec):
         MAX_BYTES_KEY: ExecutionParameter(type=int, optional=True),
         MAX_PIXELS_KEY: ExecutionParameter(type=int, optional=True),
         SPLIT_SALT_KEY: ExecutionParameter(type=str, optional=True),
+        # Not read by the executor: a digest of the input files, so that TFX's cache (keyed on
+        # exec properties) reruns ingestion when images are added, removed or changed.
+        INPUT_FINGERPRINT_KEY: ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {}
     OUTPUTS = {

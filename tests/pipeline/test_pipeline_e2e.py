@@ -153,3 +153,12 @@ def test_scales_chosen_per_request(first_run):
     parts = [Embedder(pushed, scales=[s]).embed_bytes(jpegs) for s in (0.7071, 1.0, 1.4142)]
     manual = sum(parts)
     np.testing.assert_allclose(multi, manual / np.linalg.norm(manual, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_added_image_reruns_ingestion(first_run):
+    """Runs last: it changes the data folder."""
+    extra = first_run["data"] / "landmark_000" / "added.jpg"
+    extra.write_bytes(next(first_run["data"].glob("landmark_001/*.jpg")).read_bytes())
+    summary = local_runner.run(CONFIG, str(first_run["data"]), str(first_run["root"] / "out"))
+    assert summary["components"]["ImageExampleGen"] == "COMPLETE"
+    assert summary["ingestion"]["emitted_total"] == first_run["summary"]["ingestion"]["emitted_total"] + 1

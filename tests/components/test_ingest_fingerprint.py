@@ -1,0 +1,39 @@
+"""ImageExampleGen's input fingerprint: TFX's cache reruns ingestion when the images change."""
+import os
+
+from components.image_example_gen import ImageExampleGen
+from components.image_example_gen.inputs import fingerprint
+from pipeline.demo_data import generate_landmarks, write_manifest_csv
+
+
+def test_folder_fingerprint_follows_the_files(tmp_path):
+    data = tmp_path / "data"
+    generate_landmarks(data, n_landmarks=3, views_per_landmark=2, size=48, seed=1)
+    first = fingerprint(str(data))
+    assert first and fingerprint(str(data)) == first            # stable
+    extra = data / "landmark_000" / "new.jpg"
+    extra.write_bytes((data / "landmark_001" / "landmark_001_00.jpg").read_bytes())
+    added = fingerprint(str(data))
+    assert added != first                                         # an added image
+    os.utime(extra, ns=(1, 1))
+    assert fingerprint(str(data)) != added                        # an edited image (mtime)
+    extra.unlink()
+    assert fingerprint(str(data)) == first                        # back to the same files
+
+
+def test_manifest_fingerprint_covers_csv_and_images(tmp_path):
+    info = write_manifest_csv(tmp_path / "gld", n_landmarks=2, views_per_landmark=2, size=48, seed=2)
+    csv_path = info["csv"]
+    first = fingerprint(csv_path)
+    with open(csv_path, "a") as f:
+        f.write("ffffffffffffffff,123\n")
+    assert fingerprint(csv_path) != first
+
+
+def test_component_records_it_and_uris_get_none(tmp_path):
+    data = tmp_path / "data"
+    generate_landmarks(data, n_landmarks=2, views_per_landmark=2, size=48, seed=3)
+    gen = ImageExampleGen(input_base=str(data))
+    assert gen.exec_properties["input_fingerprint"] == fingerprint(str(data))
+    assert fingerprint("gs://bucket/images") is None
+    assert ImageExampleGen(input_base="gs://bucket/images").exec_properties["input_fingerprint"] is None
