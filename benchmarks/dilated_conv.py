@@ -56,9 +56,9 @@ def main():
     result = run(args.batch, args.size, rounds=args.rounds)
     print(f"\nDilated 3x3 branches (rates {RATES}), {args.size}x{args.size} map, batch {args.batch}, "
           f"forward + backward; outputs differ by at most {result['max_abs_diff']:.1e}")
-    print("| implementation | ms | speed-up vs Keras |\n|---|---|---|")
-    for row in result["rows"]:
-        print(f"| {row['implementation']} | {row['ms']:.1f} | {row['speedup_vs_keras']:.1f}x |")
+    print(common.md_table(["implementation", "ms", "speed-up vs Keras"],
+                          [[r["implementation"], f"{r['ms']:.1f}", f"{r['speedup_vs_keras']:.1f}x"]
+                           for r in result["rows"]]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -54,9 +54,7 @@ def main():
     args = parser.parse_args()
     rows = run(args.batch, args.rounds)
     print(f"\nDOLG head vs floor, forward + backward, batch {args.batch}, R50 224 px map shapes")
-    print("| part | ms |\n|---|---|")
-    for row in rows:
-        print(f"| {row['part']} | {row['ms']:.1f} |")
+    print(common.md_table(["part", "ms"], [[r["part"], f"{r['ms']:.1f}"] for r in rows]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

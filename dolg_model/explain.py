@@ -5,6 +5,12 @@ import tensorflow as tf
 from dolg_model.model import attention_model
 
 
+def _unit_range(values):
+    """`values` scaled to [0, 1] (all zeros when constant)."""
+    low, high = float(values.min()), float(values.max())
+    return (values - low) / (high - low) if high > low else np.zeros_like(values)
+
+
 def attention_map(dolg, image) -> np.ndarray:
     """The local attention map of one image, upsampled to the image's size, scaled to [0, 1].
 
@@ -15,8 +21,7 @@ def attention_map(dolg, image) -> np.ndarray:
     image = np.asarray(image, np.float32)
     att = attention_model(dolg)(image[np.newaxis], training=False)[0]  # (h, w) at stride 16
     att = tf.image.resize(att[..., tf.newaxis], image.shape[:2], method="bilinear")[..., 0].numpy()
-    low, high = float(att.min()), float(att.max())
-    return (att - low) / (high - low) if high > low else np.zeros_like(att)
+    return _unit_range(att)
 
 
 def overlay(image, heat, alpha=0.5):
@@ -42,8 +47,7 @@ def serving_attention_map(saved_model_dir, image_bytes) -> np.ndarray:
     already laid over the original image's pixels, scaled to [0, 1]."""
     signature = tf.saved_model.load(str(saved_model_dir)).signatures["attention"]
     att = signature(image=tf.constant(image_bytes))["attention"].numpy()
-    low, high = float(att.min()), float(att.max())
-    return (att - low) / (high - low) if high > low else np.zeros_like(att)
+    return _unit_range(att)
 
 
 def has_attention_signature(saved_model_dir) -> bool:

@@ -14,32 +14,33 @@ from dolg_tfx.cli import main
 @click.option("--alpha", default=0.5, show_default=True, help="Opacity of the heatmap.")
 def explain(image, model_dir, output, alpha):
     """Overlay DOLG's local attention map on IMAGE."""
+    import io
+    import os
+
     import numpy as np
     from PIL import Image, ImageOps
 
+    from components.retrieval.embedder import resolve_model_dir
     from dolg_model import explain as explain_lib
 
+    with open(image, "rb") as f:
+        data = f.read()
+    exported = model_dir
+    if os.path.isdir(model_dir):
+        try:  # a TF Serving base folder -> its newest version
+            exported = resolve_model_dir(model_dir)
+        except FileNotFoundError:
+            pass  # a Keras SavedModel folder without the exported signatures
+    serving = explain_lib.has_attention_signature(exported)
     try:
-        with Image.open(image) as im:
-            rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        with Image.open(io.BytesIO(data)) as im:
+            # The exported model decodes the bytes itself, as when serving: stored orientation.
+            rgb = np.asarray((im if serving else ImageOps.exif_transpose(im)).convert("RGB"))
     except Exception as err:  # Pillow raises many types for bad files
         raise click.ClickException(f"{image}: cannot read the image ({err})")
-    exported = _latest_version(model_dir)
-    if explain_lib.has_attention_signature(exported):
-        # The exported model decodes the bytes itself, exactly as it does when serving.
-        with open(image, "rb") as f:
-            data = f.read()
-        rgb = np.asarray(Image.open(image).convert("RGB"))  # stored orientation, as served
+    if serving:
         heat = explain_lib.serving_attention_map(exported, data)
     else:
         heat = explain_lib.attention_map(explain_lib.load_descriptor_model(model_dir), rgb)
     explain_lib.overlay(rgb, heat, alpha).save(output, format="PNG")
     click.echo(f"wrote {output} (attention range mapped to [0, 1] over {heat.shape[1]}x{heat.shape[0]} px)")
-
-
-def _latest_version(model_dir):
-    """A TF Serving base folder -> its highest numbered version; anything else unchanged."""
-    import os
-
-    versions = [d for d in os.listdir(model_dir) if d.isdigit()] if os.path.isdir(model_dir) else []
-    return os.path.join(model_dir, max(versions, key=int)) if versions else model_dir

@@ -46,10 +46,10 @@ class ProgressLog(tf.keras.callbacks.Callback):
         self._write(logs)
 
 
-def backup_dir(custom_config, fn_args, config_json):
+def backup_dir(custom_config, fn_args):
     """A backup folder that survives the Trainer's re-execution after a kill: keyed by what
     the run trains on, under the pipeline root (each execution's own folders are new)."""
-    key = hashlib.sha256(json.dumps([config_json, sorted(fn_args.train_files),
+    key = hashlib.sha256(json.dumps([custom_config["config"], sorted(fn_args.train_files),
                                      fn_args.transform_output]).encode()).hexdigest()[:16]
     return os.path.join(custom_config["backup_root"], key)
 
@@ -80,7 +80,7 @@ def run_fn(fn_args):
                                             config.warmup_steps, config.weight_decay)
         trainer = training.compile_training_model(dolg, config.model, len(counts), optimizer, counts)
 
-    backup = backup_dir(custom, fn_args, custom["config"])
+    backup = backup_dir(custom, fn_args)
     callbacks = [
         tf.keras.callbacks.BackupAndRestore(backup),
         tf.keras.callbacks.TensorBoard(os.path.join(fn_args.model_run_dir, "tensorboard"), update_freq="epoch"),
