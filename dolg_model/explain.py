@@ -51,11 +51,10 @@ def serving_attention_map(saved_model_dir, image_bytes) -> np.ndarray:
 
 
 def has_attention_signature(saved_model_dir) -> bool:
-    import os
-
     from tensorflow.python.tools import saved_model_utils
 
-    if not os.path.exists(os.path.join(str(saved_model_dir), "saved_model.pb")):
+    # tf.io.gfile: the model may be on gs:// or any filesystem TensorFlow opens.
+    if not tf.io.gfile.exists(f"{str(saved_model_dir).rstrip('/')}/saved_model.pb"):
         return False
     meta = saved_model_utils.get_meta_graph_def(str(saved_model_dir), "serve")
     return "attention" in meta.signature_def

@@ -99,8 +99,9 @@ def index_group():
 
 
 @index_group.command("build")
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="The pushed SavedModel (a version folder, or the base with version folders).")
+@click.option("--model", "model_dir", required=True,
+              help="The pushed SavedModel (a version folder, or the base with version folders); "
+                   "a local path or any URI TensorFlow opens (gs://...).")
 @click.option("--images", required=True, type=click.Path(exists=True),
               help="Gallery: a folder root/<label>/<image> or a CSV id,landmark_id[,path].")
 @click.option("--images-subdir", default=None,
@@ -147,8 +148,9 @@ def build(model_dir, images, images_subdir, output, batch_size, backend, max_byt
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="An index written by `dolg-tfx index build`.")
-@click.option("--model", "model_dir", default=None, type=click.Path(exists=True, file_okay=False),
-              help="The SavedModel to embed the query with (default: the index's model).")
+@click.option("--model", "model_dir", default=None,
+              help="The SavedModel to embed the query with (default: the index's model); a local "
+                   "path or any URI TensorFlow opens.")
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--grid", type=click.Path(dir_okay=False), help="Write a PNG of query + top k.")
 @click.option("--label", default=None,
@@ -170,7 +172,10 @@ def search(image, index_dir, model_dir, k, grid, label, box, exact):
     model_dir = model_dir or index.model
     if not model_dir:
         raise click.ClickException("the index records no model; pass --model")
-    embedder = Embedder(model_dir)
+    try:
+        embedder = Embedder(model_dir)
+    except FileNotFoundError as err:
+        raise click.ClickException(str(err))
     if index.model and os.path.realpath(embedder.model_dir) != os.path.realpath(index.model):
         click.echo(f"warning: the index was built with {index.model}; embeddings of another "
                    "model are not comparable", err=True)

@@ -5,28 +5,35 @@ from dolg_tfx.cli import main
 
 
 @main.command()
-@click.argument("image", type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True),
+@click.argument("image")
+@click.option("--model", "model_dir", required=True,
               help="A pushed/exported model (its version folder or the base folder holding versions), "
-                   "or a Keras save of the descriptor (.keras, .h5, SavedModel).")
+                   "or a Keras save of the descriptor (.keras, .h5, SavedModel); a local path or any "
+                   "URI TensorFlow opens (gs://...).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the PNG with the attention heatmap overlaid.")
 @click.option("--alpha", default=0.5, show_default=True, help="Opacity of the heatmap.")
 def explain(image, model_dir, output, alpha):
     """Overlay DOLG's local attention map on IMAGE."""
     import io
-    import os
 
     import numpy as np
+    import tensorflow as tf
     from PIL import Image, ImageOps
 
     from components.retrieval.embedder import resolve_model_dir
     from dolg_model import explain as explain_lib
 
-    with open(image, "rb") as f:
-        data = f.read()
+    # tf.io.gfile, not open/os.path: the image and the model may be URIs (gs://, ram://).
+    try:
+        with tf.io.gfile.GFile(image, "rb") as f:
+            data = f.read()
+    except tf.errors.OpError as err:
+        raise click.ClickException(f"{image}: cannot read the file ({err.message})")
+    if not tf.io.gfile.exists(model_dir):
+        raise click.ClickException(f"{model_dir}: no such model")
     exported = model_dir
-    if os.path.isdir(model_dir):
+    if tf.io.gfile.isdir(model_dir):
         try:  # a TF Serving base folder -> its newest version
             exported = resolve_model_dir(model_dir)
         except FileNotFoundError:

@@ -6,6 +6,17 @@ import click
 from dolg_tfx.cli import main
 
 
+def _run_pipeline(config, data, output, **kwargs):
+    """local_runner.run with its refusals (output held by another run, an unreadable
+    artifact) as one-line CLI errors."""
+    from pipeline import local_runner, run_lock
+
+    try:
+        return local_runner.run(config, data, output, **kwargs)
+    except (run_lock.RunLocked, local_runner.ArtifactUnreadable) as err:
+        raise click.ClickException(str(err))
+
+
 def _load(preset, config_file, overrides=None):
     from dolg_model.config import ConfigError
     from pipeline.config import load_config
@@ -35,7 +46,7 @@ def run(data, output, config_file, preset, no_cache, beam_mode, beam_workers, ve
 
     overrides = {k: v for k, v in (("beam_mode", beam_mode), ("beam_workers", beam_workers)) if v}
     config = _load(preset, config_file, overrides)
-    summary = local_runner.run(config, data, output, enable_cache=not no_cache, verbose=verbose)
+    summary = _run_pipeline(config, data, output, enable_cache=not no_cache, verbose=verbose)
     click.echo(local_runner.format_summary(summary))
 
 
@@ -60,6 +71,6 @@ def demo(output, landmarks, views, preset, config_file, verbose):
                                   size=max(160, config.model.image_size), seed=0)
         click.echo(f"Generated {info['n_images']} images of {landmarks} synthetic landmarks in {display_path(os.path.abspath(data))}")
     click.echo("Running the pipeline (ExampleGen, statistics, schema, Transform, Trainer, Evaluator, Pusher)...")
-    summary = local_runner.run(config, data, os.path.join(output, "run"), verbose=verbose)
+    summary = _run_pipeline(config, data, os.path.join(output, "run"), verbose=verbose)
     click.echo(local_runner.format_summary(summary))
     click.echo(demo_report.report(config, summary, data))

@@ -1,11 +1,18 @@
 """Runs the pipeline locally (LocalDagRunner, Beam DirectRunner, ML Metadata in SQLite) and
-summarises a run from ML Metadata: images ingested and rejected, mAP, blessing, push."""
+summarises a run from ML Metadata: images ingested and rejected, mAP, blessing, push.
+
+A run holds the output folder's run lock (``pipeline.run_lock``) from start to end, and
+first removes version folders a killed push left incomplete in the serving folder, so a
+rerun after a SIGKILL anywhere finds only complete versions and a free lock.
+Artifacts are read through TFX's fileio, so the summary works whatever filesystem holds them.
+"""
 import dataclasses
 import json
 import os
 
 from absl import logging
 
+from pipeline import run_lock
 from pipeline.config import PipelineConfig
 
 
@@ -33,17 +40,24 @@ def run(config: PipelineConfig, data: str, output: str, enable_cache: bool = Tru
     """Runs the whole pipeline on `data` into `output` and returns summarise()'s dict.
 
     verbose=False keeps TFX's per-component INFO logs (protos and all) off the console."""
-    from tfx import v1 as tfx
-
-    from pipeline.pipeline import create_pipeline
-
     layout = Layout(os.path.abspath(output))
-    os.makedirs(layout.output, exist_ok=True)
-    logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(
-        config, os.path.abspath(data), layout.pipeline_root, layout.serving_model_dir,
-        metadata_path=layout.metadata_path, enable_cache=enable_cache))
-    return summarise(layout)
+    # The lock first: a refused run stops before the seconds TFX takes to import.
+    with run_lock.hold(layout.output) as killed:
+        from tfx import v1 as tfx
+
+        from pipeline.pipeline import create_pipeline
+        from components.retrieval.model_versions import remove_incomplete_versions
+
+        logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+        if killed:
+            logging.warning("The previous run on %s (%s) ended without releasing its lock; taking over.",
+                            layout.output, run_lock.describe(killed))
+        for removed in remove_incomplete_versions(layout.serving_model_dir):
+            logging.warning("Removed %s: a model version left incomplete by an interrupted push.", removed)
+        tfx.orchestration.LocalDagRunner().run(create_pipeline(
+            config, os.path.abspath(data), layout.pipeline_root, layout.serving_model_dir,
+            metadata_path=layout.metadata_path, enable_cache=enable_cache))
+        return summarise(layout)
 
 
 def _store(layout):
@@ -83,32 +97,67 @@ def _outputs(store, execution, type_name):
     return [a for a in arts if a.type_id in wanted]
 
 
+class ArtifactUnreadable(RuntimeError):
+    """An artifact the summary needs is missing or unreadable (the message names the file)."""
+
+
+def _uri_join(uri: str, name: str) -> str:
+    return f"{uri.rstrip('/')}/{name}"
+
+
+def read_json_artifact_file(uri: str, name: str):
+    """``<uri>/<name>`` parsed as JSON, read through fileio (any filesystem)."""
+    import tensorflow as tf
+    from tfx.dsl.io import fileio
+
+    path = _uri_join(uri, name)
+    try:
+        with fileio.open(path, "r") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError, tf.errors.OpError, fileio.NotFoundError) as err:
+        raise ArtifactUnreadable(f"cannot read {path} ({type(err).__name__}: {getattr(err, 'message', err)})") from err
+
+
 def evaluation_metrics(uri) -> dict:
-    """The candidate's overall-slice metrics of a ModelEvaluation artifact: {name: value}."""
+    """The candidate's overall-slice metrics of a ModelEvaluation artifact: {name: value}.
+
+    Raises:
+      ArtifactUnreadable: no metrics file in the artifact, or one without the overall slice.
+    """
+    import tensorflow as tf
     import tensorflow_model_analysis as tfma
 
     values = {}
-    for metrics in tfma.load_metrics(uri):
-        if metrics.slice_key.single_slice_keys:
-            continue
-        for item in metrics.metric_keys_and_values:
-            if item.key.is_diff or item.key.model_name not in ("", "candidate"):
+    try:  # TFMA reads through tf.io.gfile, so any filesystem TensorFlow opens
+        for metrics in tfma.load_metrics(uri):
+            if metrics.slice_key.single_slice_keys:
                 continue
-            if item.value.HasField("double_value"):
-                values[item.key.name] = item.value.double_value.value
+            for item in metrics.metric_keys_and_values:
+                if item.key.is_diff or item.key.model_name not in ("", "candidate"):
+                    continue
+                if item.value.HasField("double_value"):
+                    values[item.key.name] = item.value.double_value.value
+    except (OSError, tf.errors.OpError) as err:
+        raise ArtifactUnreadable(f"cannot read the Evaluator's metrics in {uri} "
+                                 f"({type(err).__name__}: {getattr(err, 'message', err)})") from err
+    if not values:
+        raise ArtifactUnreadable(f"the Evaluator's output {uri} holds no overall metrics")
     return values
 
 
 def summarise(layout) -> dict:
-    """What the latest run did, read back from ML Metadata and the artifacts."""
+    """What the latest run did, read back from ML Metadata and the artifacts.
+
+    Raises:
+      ArtifactUnreadable: a finished component's output file is missing or unreadable.
+    """
     store, run_context, executions = latest_run_executions(layout)
     summary = {"run": run_context.name, "components": {k: _state(v) for k, v in executions.items()}}
     if "ImageExampleGen" in executions:
         [report] = _outputs(store, executions["ImageExampleGen"], "dolg_tfx.IngestionReport") or [None]
         if report is not None:
-            with open(os.path.join(report.uri, "summary.json")) as f:
-                summary["ingestion"] = json.load(f)
-            summary["ingestion_report"] = os.path.join(report.uri, "rejected.jsonl")
+            summary["ingestion"] = read_json_artifact_file(report.uri, "summary.json")
+            summary["ingestion_report"] = _uri_join(report.uri, "rejected.jsonl")
         [examples] = _outputs(store, executions["ImageExampleGen"], "Examples") or [None]
         summary["examples"] = examples.uri if examples is not None else None
     if "Evaluator" in executions:
@@ -120,7 +169,7 @@ def summarise(layout) -> dict:
             summary["blessed"] = blessing.custom_properties["blessed"].int_value == 1
     if "Trainer" in executions:
         [model] = _outputs(store, executions["Trainer"], "Model") or [None]
-        summary["model"] = os.path.join(model.uri, "Format-Serving") if model else None
+        summary["model"] = _uri_join(model.uri, "Format-Serving") if model else None
     if "Pusher" in executions:
         [pushed] = _outputs(store, executions["Pusher"], "PushedModel") or [None]
         if pushed is not None and pushed.custom_properties["pushed"].int_value == 1:

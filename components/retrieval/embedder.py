@@ -58,22 +58,26 @@ class EmbedResult:
 
 
 def resolve_model_dir(path: str) -> str:
-    """The SavedModel directory to load: ``path`` itself or its highest integer version.
+    """The SavedModel directory to load: ``path`` itself or its highest complete version.
 
     TF Serving lays models out as ``<base>/<version>/saved_model.pb``; the pipeline's Pusher
-    writes that layout, so both the base and a version directory are accepted.
+    writes that layout, so both the base and a version directory are accepted. Any location
+    TensorFlow opens (a local path, gs://, ram://); a version folder a killed push left
+    incomplete is never chosen (``model_versions``).
     """
-    path = os.path.abspath(path)
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+    from components.image_example_gen import storage
+    from components.retrieval import model_versions
+
+    if not storage.is_uri(path):
+        path = os.path.abspath(storage.canonical(path))
+    if model_versions.is_complete_version(path):
         return path
-    try:
-        versions = [int(n) for n in os.listdir(path) if n.isdigit()
-                    and os.path.isfile(os.path.join(path, n, "saved_model.pb"))]
-    except OSError as err:
-        raise FileNotFoundError(f"{path}: not a model directory ({err.strerror})") from None
+    if not tf.io.gfile.isdir(path):
+        raise FileNotFoundError(f"{path}: not a model directory (no such folder)")
+    versions = model_versions.complete_versions(path)
     if not versions:
-        raise FileNotFoundError(f"{path}: no saved_model.pb here nor in an integer version folder")
-    return os.path.join(path, str(max(versions)))
+        raise FileNotFoundError(f"{path}: no complete saved_model.pb here nor in an integer version folder")
+    return versions[-1]
 
 
 def crop_to_png(data: bytes, box: Sequence[float]) -> bytes:

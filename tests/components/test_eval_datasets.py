@@ -296,8 +296,13 @@ def test_ukbench_incomplete_group_and_broken_image(tmp_path, model_base):
 def test_resolve_model_dir_picks_the_highest_integer_version(tmp_path):
     for name in ("2", "10", "9x", "11"):
         (tmp_path / name).mkdir()
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    graph = saved_model_pb2.SavedModel(meta_graphs=[{}]).SerializeToString()
     for name in ("2", "10", "9x"):
-        (tmp_path / name / "saved_model.pb").write_bytes(b"")
+        (tmp_path / name / "saved_model.pb").write_bytes(graph)
+    (tmp_path / "12").mkdir()  # a push killed inside saved_model.pb: truncated, never chosen
+    (tmp_path / "12" / "saved_model.pb").write_bytes(graph[:-1])
     assert resolve_model_dir(str(tmp_path)) == str(tmp_path / "10")  # 11 has no saved_model.pb
     assert resolve_model_dir(str(tmp_path / "2")) == str(tmp_path / "2")
     with pytest.raises(FileNotFoundError):

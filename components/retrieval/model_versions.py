@@ -1,0 +1,74 @@
+"""The Pusher's destination, TF Serving's layout ``<base>/<version>/saved_model.pb``: which
+version folders are complete, and removing the ones a killed push left behind.
+
+TFX's Pusher copies the exported model file by file into ``<base>/<version>/``, so a push
+killed part-way leaves a version folder with some files and no (or a truncated)
+``saved_model.pb``. TF Serving skips such a folder, but the project's own readers would pick
+the highest number; the next push gets a new version number and never finishes the old one.
+So the local runner removes incomplete version folders before each run (under the run lock,
+so no push is in progress then), and readers of a serving folder (``resolve_model_dir``) only
+ever pick a complete version. Everything goes through ``tf.io.gfile`` (what TFX's fileio
+uses for TensorFlow's filesystems): local paths, gs://, ram://, any filesystem TF opens.
+"""
+from __future__ import annotations
+
+from typing import List
+
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}"
+
+
+def is_complete_version(version_dir: str) -> bool:
+    """True when ``saved_model.pb`` is there and parses as a SavedModel with a graph.
+
+    Parsing, not just existence: a copy killed inside the file leaves a truncated protobuf,
+    which fails to parse (its length-prefixed MetaGraphDef runs past the end).
+    """
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = _join(version_dir, SAVED_MODEL_FILE)
+    if not tf.io.gfile.exists(path):
+        return False
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString(data)
+    except DecodeError:
+        return False
+    return len(proto.meta_graphs) > 0
+
+
+def version_dirs(base: str) -> List[str]:
+    """The integer-named folders under ``base`` (what TF Serving treats as versions), oldest first."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.isdir(base):
+        return []
+    names = [n.strip("/") for n in tf.io.gfile.listdir(base)]  # object stores list "name/"
+    return [_join(base, n) for n in sorted((n for n in names if n.isdigit()), key=int)
+            if tf.io.gfile.isdir(_join(base, n))]
+
+
+def complete_versions(base: str) -> List[str]:
+    return [v for v in version_dirs(base) if is_complete_version(v)]
+
+
+def remove_incomplete_versions(base: str) -> List[str]:
+    """Deletes every incomplete version folder under ``base``; returns what it removed.
+
+    Only safe while no push into ``base`` is running (the local runner holds the run lock).
+    """
+    import tensorflow as tf
+
+    removed = []
+    for version in version_dirs(base):
+        if not is_complete_version(version):
+            tf.io.gfile.rmtree(version)
+            removed.append(version)
+    return removed
