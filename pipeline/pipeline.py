@@ -14,8 +14,8 @@ from components.retrieval.tfma_metric import eval_config as retrieval_eval_confi
 from pipeline.anomaly_gate import AnomalyGate
 from pipeline.config import PipelineConfig
 from pipeline.preprocessing import transform_config
+from schemas import SCHEMA_FILE
 
-SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "schema.pbtxt")
 PREPROCESSING_FN = "pipeline.preprocessing.preprocessing_fn"
 RUN_FN = "pipeline.trainer.run_fn"
 

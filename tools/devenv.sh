@@ -1,34 +1,39 @@
 #!/usr/bin/env bash
 # The project's environment: chosen, built and entered here, and nowhere else.
 #
-#   tools/devenv.sh setup          build or refresh the environment (idempotent)
-#   tools/devenv.sh run CMD...     run CMD inside it, from the current directory
-#   tools/devenv.sh which          print the chosen path: native or rootfs
-#   tools/devenv.sh lock           re-resolve the dependencies and rewrite the lock file
+#   tools/devenv.sh setup                build or refresh the environment (idempotent)
+#   tools/devenv.sh run CMD...           run CMD inside it, in the current directory
+#   tools/devenv.sh which                print the chosen path: native or rootfs
+#   tools/devenv.sh lock                 re-resolve the dependencies and rewrite the lock file
+#   tools/devenv.sh install-launcher DIR write DIR/dolg-tfx, which runs the CLI in this environment
 #
 # Why two paths: TFX 1.21's ml-metadata and TFDV wheels are manylinux_2_39 only, so a host
 # with glibc < 2.39 (Debian 12) cannot install them. There we build a Debian 13 root
-# filesystem once (debootstrap, cached outside the repo) and run inside it with the repo
-# bind-mounted at /src. Every mount is made inside a private mount namespace (unshare), so
-# the kernel undoes them all when the command ends, however it ends (error, Ctrl-C, kill).
+# filesystem once (debootstrap, cached outside the repo) and, in a private mount namespace,
+# put its /usr (and, on a host without merged /usr, its /bin, /lib, ...) over the host's.
+# Nothing else moves: /home, /tmp, /data, network mounts, the repository and the caller's
+# working directory are where they are on the host, so every path means the same thing inside
+# and out. The venv lives inside the tree's /usr, so it appears with it and hides nothing.
+# The namespace is private (unshare), so the kernel undoes every mount when the command ends,
+# however it ends (error, Ctrl-C, SIGKILL).
 #
 # Settings (environment variables):
 #   DOLG_TFX_ENV=native|rootfs   force a path (default: native when glibc >= 2.39 and a
 #                                Python 3.10-3.13 is present, otherwise rootfs)
 #   DOLG_TFX_CACHE=DIR           where the root filesystem lives (default /var/cache/dolg-tfx)
-#   DOLG_TFX_MIRROR=URL          Debian mirror for debootstrap (default deb.debian.org)
+#   DOLG_TFX_MIRROR=URL          Debian mirror for debootstrap (default: debootstrap's own)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${DOLG_TFX_CACHE:-/var/cache/dolg-tfx}
 ROOTFS=$CACHE/trixie-rootfs
-MIRROR=${DOLG_TFX_MIRROR:-http://deb.debian.org/debian}
 LOCK=requirements/lock.txt
 EXTRAS="test,kubeflow"
 ROOTFS_PACKAGES=python3,python3-venv,python3-pip,python3-dev,g++,ca-certificates
-# Inside the root filesystem: fixed paths, whatever the clone's location on the host.
-IN_VENV=/opt/venv
-IN_SRC=/src
+# The venv inside the root filesystem's /usr: visible exactly when that /usr is mounted.
+IN_VENV=/usr/lib/dolg-tfx/venv
+# Host top-level folders that must come from the tree when the host has no merged /usr.
+SYSTEM_DIRS="bin sbin lib lib32 lib64 libx32"
 
 log() { printf '[devenv] %s\n' "$*" >&2; }
 die() { printf '[devenv] error: %s\n' "$*" >&2; exit 1; }
@@ -61,6 +66,12 @@ choose() {
 # The stamp says which inputs the venv was built from; an unchanged stamp means no pip run.
 stamp_of() { cat "$REPO/pyproject.toml" "$REPO/$LOCK" 2>/dev/null | sha256sum | cut -d' ' -f1; }
 
+# The host environment minus what would point Python or the loader at the host's own files.
+clean_env() {
+  env -u PYTHONHOME -u PYTHONPATH -u LD_LIBRARY_PATH -u LD_PRELOAD -u VIRTUAL_ENV \
+      -u PYTHONSTARTUP -u CONDA_PREFIX "$@"
+}
+
 # ---------------------------------------------------------------- native path
 native_setup() {
   local py venv=$REPO/.venv
@@ -75,17 +86,18 @@ native_setup() {
 }
 
 native_run() {
-  export PATH="$REPO/.venv/bin:$PATH" VIRTUAL_ENV="$REPO/.venv"
-  exec "$@"
+  [ -x "$REPO/.venv/bin/python" ] || die "no environment yet: run 'make setup' in $REPO"
+  clean_env PATH="$REPO/.venv/bin:$PATH" VIRTUAL_ENV="$REPO/.venv" DOLG_TFX_ENV_PATH=native \
+    PYTHONPATH="$REPO" "$@"
 }
 
 # ---------------------------------------------------------------- rootfs path
 need_root() {
   [ "$(id -u)" = 0 ] && return 0
-  die "this host has glibc < 2.39 (or DOLG_TFX_ENV=rootfs), so the project runs in a Debian 13
-  root filesystem, which needs root to build and enter. Either run as root, or use a host with
-  glibc >= 2.39 and Python 3.10-3.13 (Debian 13, Ubuntu 24.04), or the project's container
-  image (kubeflow/Dockerfile)."
+  die "this host has glibc < 2.39 (or DOLG_TFX_ENV=rootfs), so the project runs with a Debian 13
+  /usr mounted over the host's, which needs root to build and enter. Either run as root, or use a
+  host with glibc >= 2.39 and Python 3.10-3.13 (Debian 13, Ubuntu 24.04), or the project's
+  container image (kubeflow/Dockerfile)."
 }
 
 ensure_debootstrap() {
@@ -99,86 +111,90 @@ build_rootfs() {
   [ -f "$ROOTFS/.dolg-tfx-rootfs-ok" ] && return 0
   ensure_debootstrap
   mkdir -p "$CACHE"
-  local tmp=$ROOTFS.partial
+  local tmp=$ROOTFS.partial mirror=()
+  [ -n "${DOLG_TFX_MIRROR:-}" ] && mirror=("$DOLG_TFX_MIRROR")
   rm -rf "$tmp"
-  log "building a Debian 13 root filesystem in $ROOTFS (once; about 1 min, 450 MB)"
+  log "building a Debian 13 root filesystem in $ROOTFS (once; about 1-2 min, 700 MB)"
   # In its own mount namespace, so whatever debootstrap mounts cannot outlive it.
   unshare --mount --propagation private -- \
-    debootstrap --variant=minbase --include="$ROOTFS_PACKAGES" trixie "$tmp" "$MIRROR" >&2 \
-    || die "debootstrap failed (mirror $MIRROR); the partial tree is left at $tmp"
-  mkdir -p "$tmp$IN_SRC"
+    debootstrap --variant=minbase --include="$ROOTFS_PACKAGES" trixie "$tmp" "${mirror[@]}" >&2 \
+    || die "debootstrap failed; the partial tree is left at $tmp"
   touch "$tmp/.dolg-tfx-rootfs-ok"
   mv "$tmp" "$ROOTFS"
 }
 
-# Run a command inside the root filesystem. Mounts live in a private namespace: none leaks.
+# Run a command with the tree's /usr over the host's. The mounts live in a private namespace
+# that ends with the command, so none leaks; the working directory is the caller's.
 rootfs_exec() {
-  local workdir=$1; shift
-  local ca=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
-  local pass=() v
-  for v in TERM CI PYTEST_ADDOPTS http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY \
-           PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_DEFAULT_TIMEOUT; do
-    [ -n "${!v:-}" ] && pass+=("$v=${!v}")
-  done
-  while IFS='=' read -r v _; do pass+=("$v=${!v}"); done < <(env | grep -E '^DOLG_TFX_[A-Z_]+=' || true)
-  # The host's CA bundle and resolver, so pip reaches the registry the way the host does.
-  [ -f "$ca" ] && cp -f "$ca" "$ROOTFS/etc/ssl/certs/ca-certificates.crt"
-  cp -f /etc/resolv.conf "$ROOTFS/etc/resolv.conf" 2>/dev/null || true
-  exec unshare --mount --propagation private -- /bin/bash -c '
+  clean_env PATH="$IN_VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+    VIRTUAL_ENV="$IN_VENV" DOLG_TFX_ENV_PATH=rootfs PYTHONPATH="$REPO" \
+    unshare --mount --propagation private -- /bin/bash -c '
     set -e
-    root=$1 repo=$2 src=$3; shift 3
-    mount --bind "$repo" "$root$src"
-    # The project folder'"'"'s shared/ (reference data beside the clone), read-only, if present.
-    if [ -d "$repo/../shared" ]; then
-      mkdir -p "$root/shared"
-      mount --bind "$repo/../shared" "$root/shared"
-      mount -o remount,bind,ro "$root/shared"
-    fi
-    mount -t proc proc "$root/proc"
-    mount --rbind /dev "$root/dev"
-    exec chroot "$root" "$@"' _ "$ROOTFS" "$REPO" "$IN_SRC" \
-    /usr/bin/env -i HOME=/root LANG=C.UTF-8 LC_ALL=C.UTF-8 \
-      PATH="$IN_VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-      VIRTUAL_ENV="$IN_VENV" SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
-      PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
-      DOLG_TFX_ENV_PATH=rootfs DOLG_TFX_HOST_SRC="$REPO" DOLG_TFX_SRC="$IN_SRC" "${pass[@]}" \
-      /bin/sh -c 'cd "$0" && exec "$@"' "$workdir" "$@"
+    root=$1 dirs=$2; shift 2
+    mount --bind "$root/usr" /usr
+    for d in $dirs; do   # a host without merged /usr keeps real /bin, /lib...: cover them too
+      if [ -d "/$d" ] && [ ! -L "/$d" ] && [ -d "$root/usr/$d" ]; then mount --bind "$root/usr/$d" "/$d"; fi
+    done
+    # The loader cache and alternatives name files of the tree, not of the host.
+    mount --bind "$root/etc/ld.so.cache" /etc/ld.so.cache
+    [ -d /etc/alternatives ] && mount --bind "$root/etc/alternatives" /etc/alternatives
+    exec "$@"' _ "$ROOTFS" "$SYSTEM_DIRS" "$@"
 }
 
 rootfs_setup() {
   need_root
   build_rootfs
-  local want; want=$(stamp_of)
-  if [ "$(cat "$ROOTFS$IN_VENV/.dolg-tfx-stamp" 2>/dev/null)" != "$want" ]; then
-    log "installing the project and its locked dependencies into the root filesystem's venv"
-    ( rootfs_exec "$IN_SRC" /bin/sh -c "
-        set -e
-        [ -x $IN_VENV/bin/python ] || python3 -m venv $IN_VENV
-        $IN_VENV/bin/pip install -q -c $IN_SRC/$LOCK -e '$IN_SRC[$EXTRAS]'
-        echo $want > $IN_VENV/.dolg-tfx-stamp" )
-  fi
+  local want; want="$(stamp_of) $REPO"
+  [ "$(cat "$ROOTFS$IN_VENV/.dolg-tfx-stamp" 2>/dev/null)" = "$want" ] && return 0
+  log "installing the project and its locked dependencies into $ROOTFS$IN_VENV"
+  # The editable install records the repository's real path (the one the host sees).
+  ( cd "$REPO" && rootfs_exec /bin/sh -c "
+      set -e
+      [ -x $IN_VENV/bin/python ] || python3 -m venv $IN_VENV
+      $IN_VENV/bin/pip install -q --disable-pip-version-check -c '$REPO/$LOCK' -e '$REPO[$EXTRAS]'
+      echo '$want' > $IN_VENV/.dolg-tfx-stamp" )
 }
 
 rootfs_run() {
   need_root
-  local rel=${PWD#"$REPO"}
-  [ "$rel" = "$PWD" ] && rel=""   # outside the repo: start at its root
-  rootfs_exec "$IN_SRC$rel" "$@"
+  [ -x "$ROOTFS$IN_VENV/bin/python" ] || die "no environment yet: run 'make setup' in $REPO"
+  rootfs_exec "$@"
+}
+
+# ---------------------------------------------------------------- launcher
+install_launcher() {
+  local dir=${1:?usage: devenv.sh install-launcher DIR}
+  mkdir -p "$dir"
+  cat > "$dir/dolg-tfx.new" <<EOF
+#!/bin/sh
+# dolg-tfx: runs the DOLG-TFX command line in the environment of $REPO
+# (written by 'make install'; run it again after moving the clone).
+exec "$REPO/tools/devenv.sh" run dolg-tfx "\$@"
+EOF
+  chmod 755 "$dir/dolg-tfx.new"
+  mv "$dir/dolg-tfx.new" "$dir/dolg-tfx"
+  log "wrote $dir/dolg-tfx"
 }
 
 # ---------------------------------------------------------------- commands
 cmd=${1:-}; shift || true
-path=$(choose)
 case "$cmd" in
-  which) echo "$path" ;;
-  setup) "${path}_setup" ;;
-  run) [ $# -gt 0 ] || die "usage: devenv.sh run CMD..."; "${path}_run" "$@" ;;
+  which) choose ;;
+  setup) "$(choose)_setup" ;;
+  run)
+    [ $# -gt 0 ] || die "usage: devenv.sh run CMD..."
+    # Already inside (a test, or a launcher called from a CLI subprocess): run it as it is.
+    if [ -n "${DOLG_TFX_ENV_PATH:-}" ]; then exec "$@"; fi
+    "$(choose)_run" "$@"
+    ;;
+  install-launcher) install_launcher "$@" ;;
   lock)
+    path=$(choose)
     "${path}_setup"
-    "${path}_run" /bin/sh -c "pip install -q -U -e '.[$EXTRAS]' && {
+    ( cd "$REPO" && "${path}_run" /bin/sh -c "pip install -q -U -e '.[$EXTRAS]' && {
       echo '# Resolved by make lock ('\$(python -V)'). Every install path passes this file to pip';
       echo '# as constraints, so every machine gets the same set.';
-      pip freeze --exclude-editable 2>/dev/null | grep -v '^-e'; } > $LOCK.new && mv $LOCK.new $LOCK"
+      pip freeze --exclude-editable 2>/dev/null | grep -v '^-e'; } > $LOCK.new && mv $LOCK.new $LOCK" )
     ;;
-  *) die "usage: devenv.sh setup | run CMD... | which | lock" ;;
+  *) die "usage: devenv.sh setup | run CMD... | which | lock | install-launcher DIR" ;;
 esac
