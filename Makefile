@@ -1,12 +1,18 @@
 # Every target runs inside the environment that tools/devenv.sh chooses and builds:
-# a .venv on hosts with glibc >= 2.39, otherwise a cached Debian 13 root filesystem.
+# a .venv on hosts with glibc >= 2.39, otherwise a cached Debian 13 /usr mounted over the host's.
 DEVENV := tools/devenv.sh
 PYTEST_ARGS ?=
+PREFIX ?= /usr/local
 
-.PHONY: setup test demo bench lock which
+.PHONY: setup install test demo bench lock which
 
 setup:
 	@$(DEVENV) setup
+
+# A `dolg-tfx` command on PATH ($(PREFIX)/bin) that runs the CLI in this environment from any
+# directory, arguments and exit status unchanged.
+install: setup
+	@$(DEVENV) install-launcher $(PREFIX)/bin
 
 test: setup
 	@$(DEVENV) run python -m pytest $(PYTEST_ARGS)

@@ -20,12 +20,3 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 # Quieter TensorFlow C++ logs unless the user asked otherwise.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-
-def display_path(path) -> str:
-    """`path` as the user's shell sees it. Inside the Debian 13 root filesystem the repo is
-    mounted at /src (tools/devenv.sh); messages should name the folder on the host."""
-    path = str(path)
-    inside, host = os.environ.get("DOLG_TFX_SRC"), os.environ.get("DOLG_TFX_HOST_SRC")
-    if inside and host and (path == inside or path.startswith(inside.rstrip("/") + "/")):
-        return host + path[len(inside):]
-    return path

@@ -60,7 +60,6 @@ def run(data, output, config_file, preset, no_cache, beam_mode, beam_workers, ve
 def demo(output, landmarks, views, preset, config_file, verbose):
     """Generate synthetic landmarks, run the pipeline, compare trained and untrained mAP,
     and query the pushed model."""
-    from dolg_tfx import display_path
     from pipeline import demo_report, local_runner
     from pipeline.demo_data import generate_landmarks
 
@@ -69,7 +68,7 @@ def demo(output, landmarks, views, preset, config_file, verbose):
     if not os.path.isdir(data):
         info = generate_landmarks(data, n_landmarks=landmarks, views_per_landmark=views,
                                   size=max(160, config.model.image_size), seed=0)
-        click.echo(f"Generated {info['n_images']} images of {landmarks} synthetic landmarks in {display_path(os.path.abspath(data))}")
+        click.echo(f"Generated {info['n_images']} images of {landmarks} synthetic landmarks in {os.path.abspath(data)}")
     click.echo("Running the pipeline (ExampleGen, statistics, schema, Transform, Trainer, Evaluator, Pusher)...")
     summary = _run_pipeline(config, data, os.path.join(output, "run"), verbose=verbose)
     click.echo(local_runner.format_summary(summary))

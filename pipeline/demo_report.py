@@ -7,7 +7,6 @@ import numpy as np
 import tensorflow as tf
 
 from components.retrieval.protocols import leave_one_out_retrieval
-from dolg_tfx import display_path
 from pipeline import features as F
 
 
@@ -55,7 +54,7 @@ def report(config, summary, data_dir=None) -> str:
     lines = [f"Held-out mAP over {len(ids)} images of {len(set(labels))} landmarks never seen in training:",
              f"  trained   {map_trained:.4f}   (Evaluator: {summary.get('metrics', {}).get('retrieval_mAP', float('nan')):.4f})",
              f"  untrained {map_untrained:.4f}   (same network, initial weights)",
-             f"Pushed model: {display_path(summary['pushed_to']) if summary.get('pushed_to') else 'not pushed (not blessed)'}"]
+             f"Pushed model: {summary['pushed_to'] if summary.get('pushed_to') else 'not pushed (not blessed)'}"]
     q = 0
     scores = trained @ trained[q]
     scores[q] = -np.inf

@@ -186,7 +186,6 @@ def _state(execution) -> str:
 
 
 def format_summary(summary: dict) -> str:
-    from dolg_tfx import display_path
 
     ing = summary.get("ingestion", {})
     metrics = summary.get("metrics", {})
@@ -194,14 +193,14 @@ def format_summary(summary: dict) -> str:
     if ing:
         split = ing["emitted"]
         lines.append(f"  images: {ing['emitted_total']} ingested (train {split['train']}, eval {split['eval']}), "
-                     f"{ing['rejected']} rejected (report: {display_path(summary.get('ingestion_report'))})")
+                     f"{ing['rejected']} rejected (report: {summary.get('ingestion_report')})")
     if metrics:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if not k.endswith("num_queries"))
         lines.append(f"  held-out retrieval: {shown}")
     if "blessed" in summary:
         lines.append(f"  model {'BLESSED' if summary['blessed'] else 'NOT BLESSED'}")
     pushed = summary.get("pushed_to")
-    lines.append(f"  pushed to: {display_path(pushed) if pushed else 'nothing pushed'}")
+    lines.append(f"  pushed to: {pushed if pushed else 'nothing pushed'}")
     cached = [k for k, v in summary["components"].items() if v == "CACHED"]
     if cached:
         lines.append(f"  reused from cache: {', '.join(sorted(cached))}")

@@ -33,10 +33,9 @@ class RunLocked(RuntimeError):
     """Another live process holds the output folder."""
 
     def __init__(self, output: str, holder: Optional[dict]):
-        from dolg_tfx import display_path
 
         self.output, self.holder = output, holder
-        super().__init__(f"{display_path(output)} is in use by another run: {describe(holder)}. Wait for it to "
+        super().__init__(f"{output} is in use by another run: {describe(holder)}. Wait for it to "
                          "finish, stop it, or choose another --output.")
 
 
