@@ -64,6 +64,28 @@ def choose_strategy(devices=None) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+class StopAtStep(keras.callbacks.Callback):
+    """Ends training once the optimizer has taken exactly `steps` steps, mid-epoch if need be.
+
+    Keras trains whole epochs of `steps_per_epoch`; without this a run whose length is not a
+    multiple of it would take up to `steps_per_epoch - 1` steps past the schedule's end. The
+    count is the optimizer's, so it holds across a resume from BackupAndRestore too.
+    """
+
+    def __init__(self, steps: int):
+        super().__init__()
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        self.steps = steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) >= self.steps:
+            self.model.stop_training = True
+
+    def get_config(self):
+        return {"steps": self.steps}
+
+
 def compile_training_model(dolg, config, num_classes, optimizer, class_counts=None):
     """The (image, label) -> logits model with the config's margin head, compiled with the
     margin cross-entropy. Call inside the strategy's scope, as `dolg` was built."""

@@ -10,6 +10,12 @@ from typing import Optional, Tuple
 
 from dolg_model.config import ConfigError, DOLGConfig, check_fields
 
+# Kubeflow's rule for pipeline names, applied to every run so a local config compiles too.
+PIPELINE_NAME_RULE = r"[a-z0-9][a-z0-9-]{0,127}"
+# The Transform and Trainer modules, by import path (never module_file: see kubeflow_runner).
+PREPROCESSING_FN = "pipeline.preprocessing.preprocessing_fn"
+RUN_FN = "pipeline.trainer.run_fn"
+
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
@@ -66,8 +72,10 @@ class PipelineConfig:
     def validate(self):
         import re
 
-        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,127}", self.pipeline_name):
-            raise ConfigError("pipeline_name", self.pipeline_name, "must match [a-z0-9][a-z0-9-]{0,127}")
+        if not isinstance(self.pipeline_name, str) or not re.fullmatch(PIPELINE_NAME_RULE, self.pipeline_name):
+            raise ConfigError("pipeline_name", self.pipeline_name,
+                              f"must match {PIPELINE_NAME_RULE} (lowercase letters, digits and '-', at "
+                              "most 128 characters, not starting with '-'), as Kubeflow requires")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError("eval_fraction", self.eval_fraction, "must be in (0, 1)")
         for name in ("max_bytes", "max_pixels", "batch_size", "train_steps", "steps_per_epoch",
@@ -89,10 +97,6 @@ class PipelineConfig:
             raise ConfigError("beam_mode", self.beam_mode, "choose 'in_memory' or 'multi_processing'")
         if self.max_map_drop is not None and self.max_map_drop < 0:
             raise ConfigError("max_map_drop", self.max_map_drop, "must be >= 0 or null")
-
-    @property
-    def epochs(self) -> int:
-        return -(-self.train_steps // self.steps_per_epoch)
 
     def replace(self, **changes) -> "PipelineConfig":
         model_changes = changes.pop("model", None)
@@ -141,7 +145,7 @@ PRESETS = {
         model=DOLGConfig(backbone="mobilenetv3small", image_size=96, embedding_dim=128, local_dim=256,
                          head="arcface", scale=16.0, margin=0.1, bn_momentum=0.9, scales=(1.0,))),
     "tiny": PipelineConfig(
-        batch_size=16, train_steps=20, steps_per_epoch=10, learning_rate=0.05, warmup_steps=2,
+        batch_size=16, train_steps=24, steps_per_epoch=10, learning_rate=0.05, warmup_steps=2,
         min_map=0.0, max_map_drop=None,
         model=DOLGConfig(backbone="mobilenetv3small", image_size=64, embedding_dim=32, local_dim=48,
                          head="arcface", scale=16.0, margin=0.1, bn_momentum=0.9, scales=(1.0,))),

@@ -28,7 +28,8 @@ import os
 import re
 from typing import Dict, Optional, Sequence
 
-PIPELINE_NAME_RULE = r"[a-z0-9][a-z0-9-]{0,127}"
+from components.image_example_gen.storage import has_scheme
+
 # Where kubeflow/Dockerfile puts schemas/ (tests check the two agree). The compiling machine's
 # checkout path, which create_pipeline() bakes into ImportSchemaGen, does not exist in the pod.
 CONTAINER_SCHEMA_FILE = "/opt/dolg-tfx/schemas/schema.pbtxt"
@@ -56,19 +57,6 @@ def output_format(output_file: str) -> str:
                      "or .json (Vertex AI PipelineJob)")
 
 
-def validate_pipeline_name(name: str) -> str:
-    """Kubeflow's rule: lowercase letters, digits and '-', starting with a letter or digit."""
-    if not isinstance(name, str) or not re.fullmatch(PIPELINE_NAME_RULE, name):
-        raise ValueError(f"pipeline name {name!r} is not valid for Kubeflow: it must match "
-                         f"{PIPELINE_NAME_RULE} (lowercase letters, digits and '-', at most 128 "
-                         "characters, not starting with '-')")
-    return name
-
-
-def _has_scheme(path: str) -> bool:
-    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path) is not None
-
-
 def validate_locations(pipeline_root: str, data: str, serving_model_dir: str) -> None:
     """Rejects locations that cannot work when every step runs in its own pod.
 
@@ -78,14 +66,14 @@ def validate_locations(pipeline_root: str, data: str, serving_model_dir: str) ->
       in the pod (e.g. /gcs/<bucket>/... on Vertex). serving_model_dir: a URI or an absolute
       (mounted) path; the Pusher writes with tf.io.gfile.
     """
-    if not _has_scheme(pipeline_root):
+    if not has_scheme(pipeline_root):
         raise ValueError(f"pipeline_root {pipeline_root!r} must be an object-store URI such as "
                          "gs://BUCKET/dolg-tfx: each step runs in its own pod, and a local path is "
                          "not shared between them")
-    if not (_has_scheme(data) or os.path.isabs(data)):
+    if not (has_scheme(data) or os.path.isabs(data)):
         raise ValueError(f"data {data!r} must be a URI (gs://...) or an absolute path as seen "
                          "inside the container")
-    if not (_has_scheme(serving_model_dir) or os.path.isabs(serving_model_dir)):
+    if not (has_scheme(serving_model_dir) or os.path.isabs(serving_model_dir)):
         raise ValueError(f"serving_model_dir {serving_model_dir!r} must be a URI (gs://...) or "
                          "an absolute path mounted in the Pusher's pod")
 
@@ -200,20 +188,20 @@ def build_pipeline(config, image: str, pipeline_root: str, data: str, serving_mo
                    memory: Optional[str] = "30G", beam_args: Sequence[str] = (),
                    schema_file: str = CONTAINER_SCHEMA_FILE, enable_cache: bool = True):
     """The tfx.dsl.Pipeline as it will run on the cluster (see compile_pipeline for the args)."""
+    from pipeline.config import PREPROCESSING_FN, RUN_FN
     from pipeline.pipeline import create_pipeline
 
-    validate_pipeline_name(config.pipeline_name)
+    config.validate()  # again: a config may have been changed after it was built
     validate_locations(pipeline_root, data, serving_model_dir)
     if not image:
         raise ValueError("image is required: the container image every step runs in")
     config = config.replace(beam_args=_with_worker_image(tuple(config.beam_args) + tuple(beam_args), image))
     resources = trainer_resource_spec(fmt, gpus, gpu_type, cpu, memory)
     tfx_pipeline = create_pipeline(
-        config, data, pipeline_root, serving_model_dir, metadata_path=None,
-        enable_cache=enable_cache, trainer_resources=lambda trainer: trainer.with_platform_config(resources))
-    for component in tfx_pipeline.components:
-        if component.id == "ImportSchemaGen":
-            component.exec_properties["schema_file"] = schema_file
+        config, data=data, pipeline_root=pipeline_root, serving_model_dir=serving_model_dir,
+        schema_file=schema_file, preprocessing_fn=PREPROCESSING_FN, run_fn=RUN_FN,
+        metadata_path=None, enable_cache=enable_cache,
+        trainer_resources=lambda trainer: trainer.with_platform_config(resources))
     _refuse_module_files(tfx_pipeline)
     return tfx_pipeline
 

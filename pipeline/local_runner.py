@@ -13,7 +13,8 @@ import os
 from absl import logging
 
 from pipeline import run_lock
-from pipeline.config import PipelineConfig
+from pipeline.config import PREPROCESSING_FN, RUN_FN, PipelineConfig
+from schemas import SCHEMA_FILE
 
 
 @dataclasses.dataclass
@@ -55,7 +56,9 @@ def run(config: PipelineConfig, data: str, output: str, enable_cache: bool = Tru
         for removed in remove_incomplete_versions(layout.serving_model_dir):
             logging.warning("Removed %s: a model version left incomplete by an interrupted push.", removed)
         tfx.orchestration.LocalDagRunner().run(create_pipeline(
-            config, os.path.abspath(data), layout.pipeline_root, layout.serving_model_dir,
+            config, data=os.path.abspath(data), pipeline_root=layout.pipeline_root,
+            serving_model_dir=layout.serving_model_dir, schema_file=SCHEMA_FILE,
+            preprocessing_fn=PREPROCESSING_FN, run_fn=RUN_FN,
             metadata_path=layout.metadata_path, enable_cache=enable_cache))
         return summarise(layout)
 

@@ -1,4 +1,5 @@
-"""create_pipeline(): wiring only. Every parameter comes from the PipelineConfig.
+"""create_pipeline(): wiring only. Every parameter comes from the PipelineConfig, every location
+and module path from the runner that calls it (local_runner, kubeflow_runner).
 
 ImageExampleGen -> StatisticsGen + ImportSchemaGen -> ExampleValidator -> AnomalyGate
   -> Transform (analysis only: decoded images are never materialised) -> Trainer
@@ -14,10 +15,6 @@ from components.retrieval.tfma_metric import eval_config as retrieval_eval_confi
 from pipeline.anomaly_gate import AnomalyGate
 from pipeline.config import PipelineConfig
 from pipeline.preprocessing import transform_config
-from schemas import SCHEMA_FILE
-
-PREPROCESSING_FN = "pipeline.preprocessing.preprocessing_fn"
-RUN_FN = "pipeline.trainer.run_fn"
 
 
 def beam_runner(beam_args) -> Optional[str]:
@@ -52,7 +49,8 @@ def evaluation_config(config: PipelineConfig):
     return eval_config
 
 
-def create_pipeline(config: PipelineConfig, data: str, pipeline_root: str, serving_model_dir: str,
+def create_pipeline(config: PipelineConfig, *, data: str, pipeline_root: str, serving_model_dir: str,
+                    schema_file: str, preprocessing_fn: str, run_fn: str,
                     metadata_path: Optional[str] = None, enable_cache: bool = True,
                     trainer_resources=None) -> tfx.dsl.Pipeline:
     """The DOLG-TFX pipeline.
@@ -60,8 +58,13 @@ def create_pipeline(config: PipelineConfig, data: str, pipeline_root: str, servi
     Args:
       config: the run's parameters.
       data: a folder tree root/<label>/<image> or a GLDv2-style CSV manifest.
-      pipeline_root: where components write their artifacts.
+      pipeline_root: where components write their artifacts (the Trainer's backups too, under
+        ``_trainer_backup``: every worker of a run sees it).
       serving_model_dir: the Pusher's destination (TF Serving layout <dir>/<version>/).
+      schema_file: the curated schema as the ImportSchemaGen step sees it (local runs:
+        ``schemas.SCHEMA_FILE``; containers: the image's path).
+      preprocessing_fn, run_fn: import paths of the Transform and Trainer functions
+        (``pipeline.config.PREPROCESSING_FN`` and ``RUN_FN``).
       metadata_path: ML Metadata SQLite file (local runs); None when the orchestrator owns MLMD.
       enable_cache: reuse a component's outputs when its inputs and parameters are unchanged.
       trainer_resources: optional callback(trainer) that sets platform resources (e.g. a GPU
@@ -70,20 +73,20 @@ def create_pipeline(config: PipelineConfig, data: str, pipeline_root: str, servi
     example_gen = ImageExampleGen(input_base=data, eval_fraction=config.eval_fraction,
                                   max_bytes=config.max_bytes, max_pixels=config.max_pixels)
     statistics = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema = tfx.components.ImportSchemaGen(schema_file=SCHEMA_FILE)
+    schema = tfx.components.ImportSchemaGen(schema_file=schema_file)
     validator = tfx.components.ExampleValidator(statistics=statistics.outputs["statistics"],
                                                 schema=schema.outputs["schema"])
     gate = AnomalyGate(anomalies=validator.outputs["anomalies"])
 
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN, materialize=False,
+        preprocessing_fn=preprocessing_fn, materialize=False,
         splits_config=tfx.proto.SplitsConfig(analyze=["train"]),
         custom_config=transform_config(config))
     transform.add_upstream_node(gate)
 
     trainer = tfx.components.Trainer(
-        run_fn=RUN_FN, examples=example_gen.outputs["examples"],
+        run_fn=run_fn, examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"], schema=schema.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=config.train_steps),
         eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=0),

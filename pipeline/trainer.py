@@ -6,6 +6,7 @@ last backup, and exports the descriptor with its serving signatures.
 """
 import hashlib
 import json
+import math
 import os
 
 import tensorflow as tf
@@ -65,6 +66,9 @@ def run_fn(fn_args):
     """TFX Trainer entry point."""
     custom = fn_args.custom_config
     config = PipelineConfig.from_json(custom["config"])
+    # The run's length has one source: TrainArgs.num_steps, which create_pipeline() sets from
+    # config.train_steps. The schedule, the epochs and the stop all read it.
+    steps = int(fn_args.train_steps)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     counts = preprocessing.class_counts(tf_transform_output)
     mixed = _set_precision(config)
@@ -76,7 +80,7 @@ def run_fn(fn_args):
                                       config.batch_size, training=True, augment=config.augment)
     with strategy.scope():
         dolg = dolg_lib.build_dolg(config.model)
-        optimizer = training.make_optimizer(config.optimizer, config.learning_rate, config.train_steps,
+        optimizer = training.make_optimizer(config.optimizer, config.learning_rate, steps,
                                             config.warmup_steps, config.weight_decay)
         trainer = training.compile_training_model(dolg, config.model, len(counts), optimizer, counts)
 
@@ -85,8 +89,9 @@ def run_fn(fn_args):
         tf.keras.callbacks.BackupAndRestore(backup),
         tf.keras.callbacks.TensorBoard(os.path.join(fn_args.model_run_dir, "tensorboard"), update_freq="epoch"),
         ProgressLog(os.path.join(fn_args.model_run_dir, PROGRESS_FILE)),
+        training.StopAtStep(steps),
     ]
-    trainer.fit(train_data, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+    trainer.fit(train_data, epochs=math.ceil(steps / config.steps_per_epoch), steps_per_epoch=config.steps_per_epoch,
                 callbacks=callbacks, verbose=2)
     tf.keras.mixed_precision.set_global_policy("float32")
     signatures.export(dolg, tf_transform_output, config.model.scales, fn_args.serving_model_dir,

@@ -75,6 +75,7 @@ def test_run_from_a_folder_outside_the_repo_with_relative_paths(tmp_path):
     from pipeline.demo_data import generate_landmarks
 
     generate_landmarks(tmp_path / "city photos", n_landmarks=6, views_per_landmark=4, size=64, seed=5)
+    (tmp_path / "city photos" / "landmark_000" / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     out = subprocess.run([str(DEVENV), "run", "dolg-tfx", "run", "--data", "city photos", "--output", "out",
                           "--preset", "tiny"],
                          cwd=tmp_path, env=_outside_env(), capture_output=True, text=True, timeout=900)
@@ -86,11 +87,13 @@ def test_run_from_a_folder_outside_the_repo_with_relative_paths(tmp_path):
     # Every absolute path the run printed is under the caller's folder (no environment path).
     printed = [w.strip("(),") for w in out.stdout.split() if w.startswith(("/", "(/"))]
     assert printed and all(p.startswith(str(tmp_path)) for p in printed), printed
-    report = next((tmp_path / "out").rglob("rejected.jsonl"), None)
-    assert report is not None
+    [report] = (tmp_path / "out").rglob("rejected.jsonl")
+    rejected = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [r["path"] for r in rejected] == [str(tmp_path / "city photos" / "landmark_000" / "truncated.jpg")]
 
 
 def test_a_regular_wheel_ships_the_schema_and_create_pipeline_finds_it(tmp_path):
+    """The local runner hands create_pipeline() the installed package's schema."""
     src = tmp_path / "src"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", "outputs", "build", "dist", "*.egg-info", "__pycache__", "tests", "benchmarks"))
@@ -106,8 +109,8 @@ def test_a_regular_wheel_ships_the_schema_and_create_pipeline_finds_it(tmp_path)
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
                     str(wheel)], check=True, timeout=600, capture_output=True)
-    probe = ("import os, pipeline.pipeline as p, schemas; print(p.SCHEMA_FILE);"
-             " assert os.path.isfile(p.SCHEMA_FILE)")
+    probe = ("import os, pipeline.local_runner as r; print(r.SCHEMA_FILE);"
+             " assert os.path.isfile(r.SCHEMA_FILE)")
     env = dict(os.environ, PYTHONPATH=str(site))
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)

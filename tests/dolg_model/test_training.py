@@ -87,3 +87,14 @@ def test_short_training_improves_held_out_retrieval(tmp_path):
     after = held_out_map()
     assert np.isfinite(history.history["loss"][0])
     assert after > before + 0.08, (before, after)  # measured: 0.357 -> 0.525
+
+
+def test_stop_at_step_ends_training_at_exactly_that_many_steps():
+    """7 steps in epochs of 3: Keras alone would train 9 (three whole epochs)."""
+    model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(2,))])
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.01), loss="mse")
+    data = tf.data.Dataset.from_tensors((tf.ones([4, 2]), tf.zeros([4, 1]))).repeat()
+    model.fit(data, epochs=3, steps_per_epoch=3, verbose=0, callbacks=[training.StopAtStep(7)])
+    assert int(model.optimizer.iterations.numpy()) == 7
+    with pytest.raises(ValueError, match="steps"):
+        training.StopAtStep(0)

@@ -275,10 +275,14 @@ def test_cli_bad_pipeline_name_is_a_clear_error(tmp_path, name):
 def test_compile_checks_the_name_itself(tmp_path):
     config = load_config("tiny").replace()  # a copy: load_config returns the shared preset
     object.__setattr__(config, "pipeline_name", "DOLG")  # as if built without validation
-    with pytest.raises(ValueError, match="not valid for Kubeflow"):
+    with pytest.raises(ValueError, match=r"pipeline_name='DOLG'.*as Kubeflow requires"):
         kr.compile_pipeline(config, IMAGE, ROOT, str(tmp_path / "p.yaml"), DATA, SERVING)
     assert load_config("tiny").pipeline_name == "dolg-tfx"  # the preset itself is untouched
-    assert kr.validate_pipeline_name("a" * 128) and kr.validate_pipeline_name("dolg-tfx-2")
+    for good in ("a" * 128, "dolg-tfx-2"):
+        load_config("tiny").replace(pipeline_name=good)
+    for bad in ("a" * 129, "-dolg", "dolg_tfx"):
+        with pytest.raises(ValueError, match="pipeline_name"):
+            load_config("tiny").replace(pipeline_name=bad)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

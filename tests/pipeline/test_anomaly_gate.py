@@ -10,7 +10,7 @@ import tensorflow_data_validation as tfdv
 from tfx.types import artifact_utils, standard_artifacts
 
 from pipeline.anomaly_gate import AnomaliesUnreadable, anomalies_path, describe_anomalies, raise_on_anomalies
-from pipeline.pipeline import SCHEMA_FILE
+from schemas import SCHEMA_FILE
 
 
 def _example(fmt, width=10):

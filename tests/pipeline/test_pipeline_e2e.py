@@ -162,3 +162,14 @@ def test_added_image_reruns_ingestion(first_run):
     summary = local_runner.run(CONFIG, str(first_run["data"]), str(first_run["root"] / "out"))
     assert summary["components"]["ImageExampleGen"] == "COMPLETE"
     assert summary["ingestion"]["emitted_total"] == first_run["summary"]["ingestion"]["emitted_total"] + 1
+
+
+def test_trainer_takes_exactly_train_steps_steps(first_run):
+    """The tiny preset's length is not a multiple of its epoch, so whole epochs would overshoot."""
+    from pipeline.trainer import PROGRESS_FILE
+
+    assert CONFIG.train_steps % CONFIG.steps_per_epoch != 0
+    runs = sorted((first_run["root"] / "out" / "pipeline" / "Trainer" / "model_run").glob(f"*/{PROGRESS_FILE}"),
+                  key=lambda p: int(p.parent.name))
+    progress = json.loads(runs[0].read_text())
+    assert progress["initial_step"] == 0 and progress["step"] == CONFIG.train_steps, progress
