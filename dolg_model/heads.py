@@ -153,7 +153,9 @@ class CurricularFaceHead(_CosineHead):
         return self.scale * logits
 
     def get_config(self):
-        return {**super().get_config(), "margin": self.margin, "momentum": self.momentum}
+        config = {**super().get_config(), "margin": self.margin, "momentum": self.momentum}
+        del config["subcenters"]  # always 1 here, and not an argument: from_config would fail on it
+        return config
 
 
 @keras.utils.register_keras_serializable(package=_PACKAGE)

@@ -26,9 +26,22 @@ def test_orthogonal_fusion_is_orthogonal_at_every_location():
     # What was removed is exactly the projection of f_l on f_g (squared norm in the divisor).
     proj = (f_l * g).sum(-1, keepdims=True) / (g * g).sum(-1, keepdims=True) * g
     np.testing.assert_allclose(f_orth + proj, f_l, atol=1e-5)
-    # A first-power divisor (the Kaggle deviation) would leave a component along f_g.
-    wrong = f_l - (f_l * g).sum(-1, keepdims=True) / np.linalg.norm(g, axis=-1, keepdims=True) * g
-    assert np.abs((wrong * g).sum(-1)).max() > 1e-2
+
+
+def test_orthogonal_fusion_is_not_the_kaggle_divisor():
+    """The Kaggle code divides by ||f_g|| instead of ||f_g||^2. Checked on the layer's output:
+    the projection removed must not depend on the length of f_g (only on its direction), and
+    the output must be far from what the first-power divisor gives."""
+    rng = np.random.default_rng(1)
+    f_l = rng.normal(size=(2, 4, 3, 32)).astype(np.float32)
+    f_g = rng.normal(size=(2, 32)).astype(np.float32)
+    fusion = layers.OrthogonalFusion()
+    out = fusion([f_l, f_g]).numpy()
+    for length in (0.25, 4.0, 30.0):
+        np.testing.assert_allclose(fusion([f_l, f_g * length]).numpy(), out, rtol=1e-4, atol=1e-4)
+    g = 4.0 * f_g[:, None, None, :]
+    kaggle = f_l - (f_l * g).sum(-1, keepdims=True) / np.linalg.norm(g, axis=-1, keepdims=True) * g
+    assert np.abs(fusion([f_l, 4.0 * f_g]).numpy() - kaggle).max() > 0.1
 
 
 def test_orthogonal_fusion_zero_global_vector_is_finite():

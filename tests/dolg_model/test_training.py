@@ -20,7 +20,10 @@ SMALL = dict(backbone="mobilenetv3small", image_size=64, embedding_dim=32, local
 
 
 def test_mirrored_step_over_two_logical_cpus_matches_single_device():
-    """In a fresh process with oneDNN's CPU kernels off: once, under heavy load, the first
+    """Two replicas, each with its own images and labels (frozen BatchNorm), against one
+    device on the whole batch: the same loss and the same updated weights.
+
+    In a fresh process with oneDNN's CPU kernels off: once, under heavy load, the first
     convolution's weights after a mirrored step differed by 0.03 from the single-device step
     while the loss agreed, which points at oneDNN kernels run concurrently for two logical
     devices of one CPU (not a configuration anyone trains on: the multi-replica path is for
@@ -31,6 +34,10 @@ def test_mirrored_step_over_two_logical_cpus_matches_single_device():
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout)
     assert result["replicas"] == 2
+    # The two replicas got disjoint halves of the batch, each image with its own label.
+    first, second = result["shard_rows"]
+    assert len(first) == len(second) == 3 and sorted(first + second) == list(range(6)), result
+    assert result["shard_labels_aligned"], result
     assert result["loss_mirrored"] == pytest.approx(result["loss_single"], rel=1e-4)
     assert len(set(result["n_weights"])) == 1
     assert result["worst_excess_over_tolerance"] <= 0.0, result  # |wm - ws| <= 1e-4 + 1e-3 |ws|

@@ -8,6 +8,7 @@ smoke check is run in this environment.
 """
 import fnmatch
 import importlib
+import inspect
 import pathlib
 import re
 import types
@@ -326,17 +327,26 @@ def test_cli_help(argv, expected):
 
 
 # Submission, with a stand-in kfp.Client
+def _bound(method, fake_self, args, kwargs):
+    """The arguments of a call bound to the real kfp.Client method's signature: a misspelt or
+    surplus argument raises TypeError here, as it would against the real client."""
+    bound = inspect.signature(method).bind(fake_self, *args, **kwargs)
+    return {name: value for name, value in bound.arguments.items() if name != "self"}
+
+
 @pytest.fixture
 def fake_kfp(monkeypatch):
-    """kfp.Client replaced by a recorder of its construction and create_run_from_pipeline_package."""
+    """kfp.Client replaced by a recorder of its construction and create_run_from_pipeline_package,
+    each call checked against the real client's signature."""
     calls = []
+    real = kfp.Client
 
     class FakeClient:
-        def __init__(self, host=None, **kwargs):
-            calls.append(("init", {"host": host, **kwargs}))
+        def __init__(self, *args, **kwargs):
+            calls.append(("init", _bound(real.__init__, self, args, kwargs)))
 
-        def create_run_from_pipeline_package(self, pipeline_file, **kwargs):
-            calls.append(("run", {"pipeline_file": pipeline_file, **kwargs}))
+        def create_run_from_pipeline_package(self, *args, **kwargs):
+            calls.append(("run", _bound(real.create_run_from_pipeline_package, self, args, kwargs)))
             return types.SimpleNamespace(run_id="run-123")
 
     monkeypatch.setattr(kfp, "Client", FakeClient)
@@ -350,6 +360,15 @@ def test_submit_sends_the_package_to_kfp(compiled, fake_kfp):
     assert fake_kfp == [("init", {"host": "http://kfp.example:8080"}),
                         ("run", {"pipeline_file": compiled["yaml_path"], "arguments": {"x": 1},
                                  "run_name": "first", "experiment_name": "dolg"})]
+
+
+def test_fake_client_refuses_what_the_real_client_would(fake_kfp):
+    with pytest.raises(TypeError, match="hots"):
+        kfp.Client(hots="http://h:8080")
+    client = kfp.Client("http://h:8080")  # positional, as the real one takes it
+    with pytest.raises(TypeError, match="experiment"):
+        client.create_run_from_pipeline_package("p.yaml", experiment="dolg")
+    assert fake_kfp == [("init", {"host": "http://h:8080"})]
 
 
 def test_submit_refuses_a_vertex_job(compiled, fake_kfp):
