@@ -5,7 +5,7 @@ import tensorflow as tf
 from dolg_model.model import attention_model
 
 
-def _unit_range(values):
+def unit_range(values):
     """`values` scaled to [0, 1] (all zeros when constant)."""
     low, high = float(values.min()), float(values.max())
     return (values - low) / (high - low) if high > low else np.zeros_like(values)
@@ -21,7 +21,7 @@ def attention_map(dolg, image) -> np.ndarray:
     image = np.asarray(image, np.float32)
     att = attention_model(dolg)(image[np.newaxis], training=False)[0]  # (h, w) at stride 16
     att = tf.image.resize(att[..., tf.newaxis], image.shape[:2], method="bilinear")[..., 0].numpy()
-    return _unit_range(att)
+    return unit_range(att)
 
 
 def overlay(image, heat, alpha=0.5):
@@ -40,24 +40,6 @@ def overlay(image, heat, alpha=0.5):
     colour = stops[lo[..., 0]] * (1 - frac) + stops[lo[..., 0] + 1] * frac
     blended = (1 - alpha) * image + alpha * colour
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), "RGB")
-
-
-def serving_attention_map(saved_model_dir, image_bytes) -> np.ndarray:
-    """The attention map from an exported model's `attention` signature (pipeline/signatures.py),
-    already laid over the original image's pixels, scaled to [0, 1]."""
-    signature = tf.saved_model.load(str(saved_model_dir)).signatures["attention"]
-    att = signature(image=tf.constant(image_bytes))["attention"].numpy()
-    return _unit_range(att)
-
-
-def has_attention_signature(saved_model_dir) -> bool:
-    from tensorflow.python.tools import saved_model_utils
-
-    # tf.io.gfile: the model may be on gs:// or any filesystem TensorFlow opens.
-    if not tf.io.gfile.exists(f"{str(saved_model_dir).rstrip('/')}/saved_model.pb"):
-        return False
-    meta = saved_model_utils.get_meta_graph_def(str(saved_model_dir), "serve")
-    return "attention" in meta.signature_def
 
 
 def load_descriptor_model(path):

@@ -74,23 +74,31 @@ def attention_model(dolg: keras.Model) -> keras.Model:
 
 
 def multi_scale_embedding(dolg, images, scales=(0.7071, 1.0, 1.4142)):
-    """The test-time descriptor: embed at each scale, L2 each, average, L2 again.
+    """The test-time descriptor: embed at each scale, L2 each, sum, L2 again.
 
-    Works inside a tf.function with unknown batch, height and width.
+    One function for every caller: the exported signatures pass the scales they were exported
+    with, or (``serving_scales``) the scales of the request, as a tensor. Works eagerly and
+    inside a tf.function with unknown batch, height, width and number of scales.
 
     Args:
-      dolg: the descriptor model (or any callable image batch -> embeddings).
+      dolg: the descriptor model (or any callable image batch -> embeddings [B, D]).
       images: float (B, H, W, 3) RGB in [0, 255].
-      scales: resize factors; 1.0 skips the resize.
+      scales: resize factors, a 1-D float tensor or sequence with at least one element; 1.0
+        skips the resize.
+    Returns:
+      float32 [B, D], L2-normalised.
     """
     images = tf.convert_to_tensor(images, tf.float32)
+    scales = tf.convert_to_tensor(scales, tf.float32)
     size = tf.cast(tf.shape(images)[1:3], tf.float32)
-    total = None
-    for s in scales:
-        scaled = images
-        if s != 1.0:
-            new_size = tf.maximum(tf.cast(tf.round(size * s), tf.int32), 1)
-            scaled = tf.image.resize(images, new_size, method="bilinear", antialias=True)
-        e = tf.math.l2_normalize(tf.cast(dolg(scaled, training=False), tf.float32), axis=-1)
-        total = e if total is None else total + e
+
+    def embed_at(s):
+        scaled = tf.cond(tf.equal(s, 1.0), lambda: images, lambda: tf.image.resize(
+            images, tf.maximum(tf.cast(tf.round(size * s), tf.int32), 1), method="bilinear", antialias=True))
+        return tf.math.l2_normalize(tf.cast(dolg(scaled, training=False), tf.float32), axis=-1)
+
+    # The first scale outside the loop: its result fixes the loop variable's shape [B, D].
+    _, total = tf.while_loop(lambda i, _: i < tf.size(scales),
+                             lambda i, acc: (i + 1, acc + embed_at(scales[i])),
+                             [tf.constant(1), embed_at(scales[0])])
     return tf.math.l2_normalize(total, axis=-1)

@@ -1,4 +1,5 @@
-"""The ``dolg-tfx`` command line. Subcommands register themselves from their own modules."""
+"""The ``dolg-tfx`` command line: the group and its registrations. Command modules (``cli_*``)
+parse arguments and print; the work is done by library modules, which raise ordinary exceptions."""
 import click
 
 import dolg_tfx
@@ -22,13 +23,14 @@ def env_cmd():
     click.echo(f"{'tf.keras':28s}{tf.keras.__name__}")
 
 
-# Subcommands live beside the code they drive; importing registers them on `main`.
-from dolg_tfx import cli_model  # noqa: E402,F401
-from dolg_tfx import cli_evaluate  # noqa: E402,F401
-from dolg_tfx import cli_index  # noqa: E402,F401
-from dolg_tfx import cli_serving  # noqa: E402,F401
-from dolg_tfx import cli_pipeline  # noqa: E402,F401
-from dolg_tfx import cli_kubeflow  # noqa: E402,F401
+# Each command lives in its own module and knows nothing of `main`; registering them here
+# keeps the imports one-way (cli -> cli_*), so no module depends on import order.
+from dolg_tfx import (cli_evaluate, cli_index, cli_kubeflow, cli_model,  # noqa: E402
+                      cli_pipeline, cli_serving)
+
+for _command in (cli_pipeline.run, cli_pipeline.demo, cli_model.explain, cli_serving.embed,
+                 cli_index.index_group, cli_index.search, cli_evaluate.evaluate, cli_kubeflow.kubeflow):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

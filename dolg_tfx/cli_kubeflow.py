@@ -6,10 +6,8 @@ import json
 
 import click
 
-from dolg_tfx.cli import main
 
-
-@main.group()
+@click.group()
 def kubeflow():
     """Compile the pipeline for Kubeflow Pipelines / Vertex AI, and submit runs."""
 

@@ -1,10 +1,8 @@
 """`dolg-tfx explain`: the model-side commands of the CLI."""
 import click
 
-from dolg_tfx.cli import main
 
-
-@main.command()
+@click.command()
 @click.argument("image")
 @click.option("--model", "model_dir", required=True,
               help="A pushed/exported model (its version folder or the base folder holding versions), "
@@ -21,7 +19,8 @@ def explain(image, model_dir, output, alpha):
     import tensorflow as tf
     from PIL import Image, ImageOps
 
-    from components.retrieval.embedder import resolve_model_dir
+    from components.retrieval import serving_contract
+    from components.retrieval.embedder import served_attention_map
     from dolg_model import explain as explain_lib
 
     # tf.io.gfile, not open/os.path: the image and the model may be URIs (gs://, ram://).
@@ -34,20 +33,19 @@ def explain(image, model_dir, output, alpha):
         raise click.ClickException(f"{model_dir}: no such model")
     exported = model_dir
     if tf.io.gfile.isdir(model_dir):
-        try:  # a TF Serving base folder -> its newest version
-            exported = resolve_model_dir(model_dir)
+        try:  # a TF Serving base folder -> its newest complete version
+            exported = serving_contract.resolve_model_dir(model_dir)
         except FileNotFoundError:
-            pass  # a Keras SavedModel folder without the exported signatures
-    serving = explain_lib.has_attention_signature(exported)
+            pass  # a folder that is not a SavedModel: load_descriptor_model says what is wrong
     try:
         with Image.open(io.BytesIO(data)) as im:
-            # The exported model decodes the bytes itself, as when serving: stored orientation.
-            rgb = np.asarray((im if serving else ImageOps.exif_transpose(im)).convert("RGB"))
+            # Upright, as the exported model's decoder sees it (EXIF orientation applied).
+            rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     except Exception as err:  # Pillow raises many types for bad files
         raise click.ClickException(f"{image}: cannot read the image ({err})")
-    if serving:
-        heat = explain_lib.serving_attention_map(exported, data)
-    else:
-        heat = explain_lib.attention_map(explain_lib.load_descriptor_model(model_dir), rgb)
+    if serving_contract.has_signature(exported, serving_contract.ATTENTION_SIGNATURE):
+        heat = explain_lib.unit_range(served_attention_map(exported, data))
+    else:  # a Keras save of the descriptor (.keras, .h5, or a version folder without signatures)
+        heat = explain_lib.attention_map(explain_lib.load_descriptor_model(exported), rgb)
     explain_lib.overlay(rgb, heat, alpha).save(output, format="PNG")
     click.echo(f"wrote {output} (attention range mapped to [0, 1] over {heat.shape[1]}x{heat.shape[0]} px)")

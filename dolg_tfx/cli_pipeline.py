@@ -3,8 +3,6 @@ import os
 
 import click
 
-from dolg_tfx.cli import main
-
 
 def _run_pipeline(config, data, output, **kwargs):
     """local_runner.run with its refusals (output held by another run, an unreadable
@@ -27,7 +25,7 @@ def _load(preset, config_file, overrides=None):
         raise click.ClickException(str(err))
 
 
-@main.command()
+@click.command()
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="A folder tree root/<label>/<image> or a GLDv2-style CSV (id,landmark_id).")
 @click.option("--output", required=True, type=click.Path(file_okay=False),
@@ -50,7 +48,7 @@ def run(data, output, config_file, preset, no_cache, beam_mode, beam_workers, ve
     click.echo(local_runner.format_summary(summary))
 
 
-@main.command()
+@click.command()
 @click.option("--output", default="outputs/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--landmarks", default=40, show_default=True, help="Synthetic landmarks to draw.")
 @click.option("--views", default=12, show_default=True, help="Views of each landmark.")
@@ -72,4 +70,4 @@ def demo(output, landmarks, views, preset, config_file, verbose):
     click.echo("Running the pipeline (ExampleGen, statistics, schema, Transform, Trainer, Evaluator, Pusher)...")
     summary = _run_pipeline(config, data, os.path.join(output, "run"), verbose=verbose)
     click.echo(local_runner.format_summary(summary))
-    click.echo(demo_report.report(config, summary, data))
+    click.echo(demo_report.report(config, summary))

@@ -1,10 +1,8 @@
 """`dolg-tfx embed`: embeddings for image files from a model served by TensorFlow Serving."""
 import click
 
-from dolg_tfx.cli import main
 
-
-@main.command()
+@click.command()
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
 @click.option("--server", metavar="URL",
               help="TF Serving's REST address, e.g. http://localhost:8501.")

@@ -1,12 +1,6 @@
-"""Clients for the DOLG model served by TensorFlow Serving, and a check of what they rely on.
-
-The pipeline's Pusher writes a SavedModel to ``<serving_model_dir>/<version>/`` (version: an
-integer timestamp). TF Serving serves it under a model name (``dolg`` by default) with:
-
-* ``serving_default``: input ``images``, tf.string [None] of encoded image bytes; output
-  ``embedding``, float32 [None, D], L2-normalised;
-* ``serving_examples``: input ``examples``, serialized tf.Examples with a bytes feature
-  ``image``; output ``embedding``.
+"""Clients for the DOLG model served by TensorFlow Serving (the contract they rely on is
+``components.retrieval.serving_contract``: ``serving_default`` takes ``images``, tf.string [None]
+of encoded image bytes, and returns ``embedding``, float32 [None, D]).
 
 Two clients send the original file bytes (no decoding or resizing on the client: the model
 does that, so client and training see the same preprocessing):
@@ -26,8 +20,6 @@ gRPC, ``PredictionService.Predict`` with ``model_spec.name``, ``model_spec.signa
 and ``inputs["images"]`` a DT_STRING tensor of shape [n]; the answer's
 ``outputs["embedding"]`` is read with ``tf.make_ndarray``.
 
-``check_serving_signatures(dir)`` reads the SavedModel's MetaGraphDef the way
-``saved_model_cli show --all`` does and asserts the contract above.
 """
 from __future__ import annotations
 
@@ -37,22 +29,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-DEFAULT_MODEL_NAME = "dolg"
-DEFAULT_SIGNATURE = "serving_default"
-EXAMPLES_SIGNATURE = "serving_examples"
-INPUT_KEY = "images"
-EXAMPLES_INPUT_KEY = "examples"
-OUTPUT_KEY = "embedding"
-PREDICT_METHOD = "tensorflow/serving/predict"
-SERVE_TAG = "serve"
+from components.retrieval.serving_contract import (EMBEDDING_OUTPUT, IMAGES_INPUT, IMAGES_SIGNATURE,
+                                                   MODEL_NAME)
 
 
 class ServingError(RuntimeError):
     """A request to TF Serving failed, or an input could not be sent; the message says why."""
-
-
-class SignatureError(ValueError):
-    """A SavedModel does not have the signatures the serving clients rely on."""
 
 
 # ------------------------------------------------------------------ inputs ---------------
@@ -87,7 +69,7 @@ def _batches(items: Sequence, size: int):
 # ------------------------------------------------------------------ REST -----------------
 
 def rest_predict_payload(images: Sequence[bytes],
-                         signature_name: str = DEFAULT_SIGNATURE) -> dict:
+                         signature_name: str = IMAGES_SIGNATURE) -> dict:
     """The JSON body of a row-format predict request for encoded images."""
     return {
         "signature_name": signature_name,
@@ -105,7 +87,7 @@ def parse_rest_predictions(body, expected_rows: int) -> np.ndarray:
         got = len(rows) if isinstance(rows, list) else type(rows).__name__
         raise ServingError(f"expected {expected_rows} predictions, got {got}")
     # With several outputs TF Serving writes each row as {output_name: value}.
-    rows = [row[OUTPUT_KEY] if isinstance(row, dict) and OUTPUT_KEY in row else row
+    rows = [row[EMBEDDING_OUTPUT] if isinstance(row, dict) and EMBEDDING_OUTPUT in row else row
             for row in rows]
     try:
         array = np.asarray(rows, dtype=np.float32)
@@ -119,8 +101,8 @@ def parse_rest_predictions(body, expected_rows: int) -> np.ndarray:
 class RestClient:
     """TF Serving's REST API (port 8501 by default) for one model and signature."""
 
-    def __init__(self, server: str, model_name: str = DEFAULT_MODEL_NAME,
-                 signature_name: str = DEFAULT_SIGNATURE, timeout: float = 60.0,
+    def __init__(self, server: str, model_name: str = MODEL_NAME,
+                 signature_name: str = IMAGES_SIGNATURE, timeout: float = 60.0,
                  session=None, version: int | None = None):
         import requests
 
@@ -134,7 +116,8 @@ class RestClient:
 
     @property
     def model_url(self) -> str:
-        """The model-status URL (without a version: the readiness probe's path)."""
+        """The model's URL: with a pinned version, that version's; without, the model's own
+        (the path the Deployment's readiness probe asks)."""
         url = f"{self.server}/v1/models/{self.model_name}"
         return url if self.version is None else f"{url}/versions/{int(self.version)}"
 
@@ -183,8 +166,8 @@ class RestClient:
 class GrpcClient:
     """TF Serving's gRPC PredictionService (port 8500 by default)."""
 
-    def __init__(self, target: str, model_name: str = DEFAULT_MODEL_NAME,
-                 signature_name: str = DEFAULT_SIGNATURE, timeout: float = 60.0,
+    def __init__(self, target: str, model_name: str = MODEL_NAME,
+                 signature_name: str = IMAGES_SIGNATURE, timeout: float = 60.0,
                  max_message_bytes: int = 64 * 1024 * 1024, version: int | None = None):
         import grpc
         from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -210,7 +193,7 @@ class GrpcClient:
         request.model_spec.signature_name = self.signature_name
         if self.version is not None:  # unset: the newest loaded version
             request.model_spec.version.value = int(self.version)
-        request.inputs[INPUT_KEY].CopyFrom(
+        request.inputs[IMAGES_INPUT].CopyFrom(
             tf.make_tensor_proto(list(images), dtype=tf.string, shape=[len(images)]))
         return request
 
@@ -232,12 +215,12 @@ class GrpcClient:
         parts = []
         for batch in _batches(list(images), batch_size):
             response = self.predict(batch)
-            if OUTPUT_KEY not in response.outputs:
-                raise ServingError(f"the answer has no output '{OUTPUT_KEY}' "
+            if EMBEDDING_OUTPUT not in response.outputs:
+                raise ServingError(f"the answer has no output '{EMBEDDING_OUTPUT}' "
                                    f"(outputs: {sorted(response.outputs)})")
-            array = tf.make_ndarray(response.outputs[OUTPUT_KEY]).astype(np.float32)
+            array = tf.make_ndarray(response.outputs[EMBEDDING_OUTPUT]).astype(np.float32)
             if array.ndim != 2 or array.shape[0] != len(batch):
-                raise ServingError(f"output '{OUTPUT_KEY}' has shape {array.shape}, "
+                raise ServingError(f"output '{EMBEDDING_OUTPUT}' has shape {array.shape}, "
                                    f"expected [{len(batch)}, D]")
             parts.append(array)
         return _stack(parts)
@@ -259,100 +242,3 @@ def _stack(parts: list) -> np.ndarray:
     if len(widths) > 1:
         raise ServingError(f"embedding widths differ between requests: {sorted(widths)}")
     return np.concatenate(parts, axis=0)
-
-
-# ------------------------------------------------------------------ the SavedModel -------
-
-def resolve_version_dir(path) -> tuple[pathlib.Path, int | None]:
-    """``path`` if it is a SavedModel, else its highest integer version subdirectory.
-
-    TF Serving only looks at all-digit subdirectories of the base path and (with the
-    ``latest`` policy) serves the highest, so the same rule picks the model checked here.
-    """
-    path = pathlib.Path(path)
-    if (path / "saved_model.pb").exists() or (path / "saved_model.pbtxt").exists():
-        return path, int(path.name) if path.name.isdigit() else None
-    versions = [child for child in path.iterdir()
-                if child.is_dir() and child.name.isdigit()
-                and (child / "saved_model.pb").exists()] if path.is_dir() else []
-    if not versions:
-        raise SignatureError(f"{path}: neither a SavedModel nor a base directory with "
-                             f"<version>/saved_model.pb below it")
-    best = max(versions, key=lambda child: int(child.name))
-    return best, int(best.name)
-
-
-def _describe_tensor(info) -> dict:
-    from tensorflow.core.framework import types_pb2
-
-    shape = None if info.tensor_shape.unknown_rank else [d.size for d in info.tensor_shape.dim]
-    return {"dtype": types_pb2.DataType.Name(info.dtype), "shape": shape, "name": info.name}
-
-
-def _describe_signature(sig) -> dict:
-    return {"method_name": sig.method_name,
-            "inputs": {k: _describe_tensor(v) for k, v in sorted(sig.inputs.items())},
-            "outputs": {k: _describe_tensor(v) for k, v in sorted(sig.outputs.items())}}
-
-
-def check_serving_signatures(saved_model_dir, require_examples: bool = True) -> dict:
-    """Assert the signatures the serving clients rely on; return what ``saved_model_cli`` shows.
-
-    ``saved_model_dir`` is a SavedModel or a TF Serving base directory (then the highest
-    version is checked). Checked in the ``serve`` MetaGraph:
-
-    * ``serving_default``: method ``tensorflow/serving/predict``; exactly one input,
-      ``images``, DT_STRING of shape [-1] (one input is what lets REST's row format send
-      bare ``{"b64": ...}`` instances); an output ``embedding``, DT_FLOAT [-1, D], D known;
-    * ``serving_examples`` (unless ``require_examples=False``): the same with the input
-      ``examples``, and the same D.
-
-    Returns ``{"saved_model_dir", "version", "embedding_dim", "signatures": {name:
-    {"method_name", "inputs", "outputs"}}}``; raises SignatureError listing every problem.
-    """
-    from tensorflow.python.tools import saved_model_utils
-
-    path, version = resolve_version_dir(saved_model_dir)
-    try:
-        meta_graph = saved_model_utils.get_meta_graph_def(str(path), SERVE_TAG)
-    except RuntimeError as err:  # raised when no MetaGraph has the tag set
-        raise SignatureError(f"{path}: {err}") from err
-    signatures = {name: _describe_signature(sig)
-                  for name, sig in sorted(meta_graph.signature_def.items())}
-
-    expected = {DEFAULT_SIGNATURE: INPUT_KEY}
-    if require_examples:
-        expected[EXAMPLES_SIGNATURE] = EXAMPLES_INPUT_KEY
-    problems, dims = [], {}
-    for sig_name, input_key in expected.items():
-        sig = signatures.get(sig_name)
-        if sig is None:
-            problems.append(f"no signature '{sig_name}' (has: {sorted(signatures)})")
-            continue
-        if sig["method_name"] != PREDICT_METHOD:
-            problems.append(f"{sig_name}: method {sig['method_name']!r}, "
-                            f"expected {PREDICT_METHOD!r}")
-        if list(sig["inputs"]) != [input_key]:
-            problems.append(f"{sig_name}: inputs {list(sig['inputs'])}, "
-                            f"expected exactly ['{input_key}']")
-        else:
-            tensor = sig["inputs"][input_key]
-            if tensor["dtype"] != "DT_STRING" or tensor["shape"] != [-1]:
-                problems.append(f"{sig_name}: input '{input_key}' is {tensor['dtype']} "
-                                f"{tensor['shape']}, expected DT_STRING [-1]")
-        out = sig["outputs"].get(OUTPUT_KEY)
-        if out is None:
-            problems.append(f"{sig_name}: no output '{OUTPUT_KEY}' "
-                            f"(has: {list(sig['outputs'])})")
-        elif (out["dtype"] != "DT_FLOAT" or out["shape"] is None or len(out["shape"]) != 2
-              or out["shape"][0] != -1 or out["shape"][1] < 1):
-            problems.append(f"{sig_name}: output '{OUTPUT_KEY}' is {out['dtype']} "
-                            f"{out['shape']}, expected DT_FLOAT [-1, D] with D known")
-        else:
-            dims[sig_name] = out["shape"][1]
-    if len(set(dims.values())) > 1:
-        problems.append(f"embedding widths differ between signatures: {dims}")
-    if problems:
-        raise SignatureError(f"{path}: " + "; ".join(problems))
-    return {"saved_model_dir": str(path), "version": version,
-            "embedding_dim": next(iter(dims.values())), "signatures": signatures}

@@ -24,10 +24,12 @@ def read_split(examples_uri, split="eval"):
 
 
 def embed_saved_model(model_dir, images, batch_size=32):
-    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
-    out = [serve(**{F.IMAGES_INPUT: tf.constant(images[i:i + batch_size])})[F.EMBEDDING].numpy()
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out)
+    """The pushed model's embeddings of encoded images, through its serving signature."""
+    from components.retrieval.embedder import Embedder
+
+    embedder = Embedder(model_dir)
+    return np.concatenate([embedder.embed_bytes(images[i:i + batch_size])
+                           for i in range(0, len(images), batch_size)])
 
 
 def embed_untrained(config, images, batch_size=32, seed=0):
@@ -45,7 +47,7 @@ def embed_untrained(config, images, batch_size=32, seed=0):
     return np.concatenate(out)
 
 
-def report(config, summary, data_dir=None) -> str:
+def report(config, summary) -> str:
     ids, images, labels = read_split(summary["examples"])
     trained = embed_saved_model(summary["model"], images)
     untrained = embed_untrained(config, images)

@@ -5,6 +5,4 @@ LABEL = "label"          # raw: label string; transformed: int64 vocabulary inde
 IMAGE_ID = "image_id"
 LABEL_VOCAB = "label"            # tft vocabulary file: labels by descending frequency
 LABEL_COUNTS = "label_counts"    # the same with counts ("count label" per line)
-EMBEDDING = "embedding"          # output of every serving signature
-IMAGES_INPUT = "images"          # input of serving_default: [None] encoded image bytes
-EXAMPLES_INPUT = "examples"      # input of serving_examples: [None] serialized tf.Examples
+# The names of the exported signatures, inputs and outputs: components/retrieval/serving_contract.py

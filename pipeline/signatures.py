@@ -1,18 +1,15 @@
-"""The exported SavedModel's signatures.
-
-- serving_default: encoded image bytes [None] -> {"embedding": [None, D]} (TF Serving, clients)
-- serving_examples: serialized tf.Examples [None] -> {"embedding"} (the Evaluator, batch jobs)
-- serving_scales: encoded image bytes [None] + scales [None] -> {"embedding"}: the multi-scale
-  descriptor at scales chosen per request (`dolg-tfx evaluate --scales`)
-- transform_features: serialized tf.Examples -> the Transform graph's outputs
-- attention: one encoded image -> {"attention": [H, W]}, the local attention map laid over
-  the original image's pixels (explanations: `dolg-tfx explain`)
+"""The exported SavedModel's signatures, as ``components.retrieval.serving_contract`` names
+them: serving_default (encoded image bytes -> embedding, for TF Serving and the clients),
+serving_examples (serialized tf.Examples, for the Evaluator), serving_scales (bytes and scales
+of the request: `dolg-tfx evaluate --scales`), transform_features (the Transform graph) and
+attention (one image -> its local attention map over the image's pixels: `dolg-tfx explain`).
 
 Every image path goes through the Transform graph, so serving decodes exactly as training did;
 bad bytes raise InvalidArgumentError from its decoder (see pipeline/image_ops.py).
 """
 import tensorflow as tf
 
+from components.retrieval import serving_contract as contract
 from dolg_model.model import attention_model, multi_scale_embedding
 from pipeline import features as F
 from pipeline import image_ops
@@ -50,42 +47,30 @@ def build_signatures(dolg, tft_layer, raw_feature_spec, scales, resize_mode="pad
         out = tft_layer({F.IMAGE: tf.reshape(encoded, [-1, 1])})
         return tf.ensure_shape(out[F.IMAGE], [None, None, None, 3])
 
-    def embed(encoded):
-        return {F.EMBEDDING: multi_scale_embedding(dolg, decode(encoded), scales)}
+    def embed(encoded, at_scales):
+        return {contract.EMBEDDING_OUTPUT: multi_scale_embedding(dolg, decode(encoded), at_scales)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.IMAGES_INPUT)])
+    exported_scales = tf.constant(scales, tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT)])
     def serve_images(images):
-        return embed(images)
+        return embed(images, exported_scales)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.EXAMPLES_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)])
     def serve_examples(examples):
         parsed = tf.io.parse_example(examples, _image_only_spec())
-        return embed(parsed[F.IMAGE])
+        return embed(parsed[F.IMAGE], exported_scales)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.IMAGES_INPUT),
-                                  tf.TensorSpec([None], tf.float32, name="scales")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT),
+                                  tf.TensorSpec([None], tf.float32, name=contract.SCALES_INPUT)])
     def serve_scales(images, scales):
-        frames = decode(images)
-        size = tf.cast(tf.shape(frames)[1:3], tf.float32)
-        dim = dolg.output_shape[-1]
+        return embed(images, scales)
 
-        def add_scale(i, total):
-            # The same arithmetic as multi_scale_embedding, with the scales as a tensor.
-            s = scales[i]
-            scaled = tf.cond(tf.equal(s, 1.0), lambda: frames, lambda: tf.image.resize(
-                frames, tf.maximum(tf.cast(tf.round(size * s), tf.int32), 1), method="bilinear", antialias=True))
-            e = tf.math.l2_normalize(tf.cast(dolg(scaled, training=False), tf.float32), axis=-1)
-            return i + 1, total + e
-
-        _, total = tf.while_loop(lambda i, _: i < tf.size(scales), add_scale,
-                                 [tf.constant(0), tf.zeros([tf.shape(frames)[0], dim], tf.float32)])
-        return {F.EMBEDDING: tf.math.l2_normalize(total, axis=-1)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.EXAMPLES_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)])
     def transform_features(examples):
         return tft_layer(tf.io.parse_example(examples, raw_feature_spec))
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.string, name="image")])
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string, name=contract.ATTENTION_INPUT)])
     def serve_attention(image):
         frame = decode(tf.reshape(image, [1]))
         size = tf.shape(frame)[1]
@@ -95,14 +80,14 @@ def build_signatures(dolg, tft_layer, raw_feature_spec, scales, resize_mode="pad
         if resize_mode == "pad":
             top, left, ch, cw = _content_box(height, width, size)
             att = att[top:top + ch, left:left + cw]
-        return {"attention": tf.image.resize(att, [height, width], method="bilinear")[..., 0]}
+        return {contract.ATTENTION_OUTPUT: tf.image.resize(att, [height, width], method="bilinear")[..., 0]}
 
     return {
-        "serving_default": serve_images.get_concrete_function(),
-        "serving_examples": serve_examples.get_concrete_function(),
-        "serving_scales": serve_scales.get_concrete_function(),
-        "transform_features": transform_features.get_concrete_function(),
-        "attention": serve_attention.get_concrete_function(),
+        contract.IMAGES_SIGNATURE: serve_images.get_concrete_function(),
+        contract.EXAMPLES_SIGNATURE: serve_examples.get_concrete_function(),
+        contract.SCALES_SIGNATURE: serve_scales.get_concrete_function(),
+        contract.TRANSFORM_SIGNATURE: transform_features.get_concrete_function(),
+        contract.ATTENTION_SIGNATURE: serve_attention.get_concrete_function(),
     }
 
 

@@ -1,32 +1,27 @@
-"""Embedding image files with a pushed DOLG SavedModel, in-process or in a Beam pipeline.
+"""Embedding image files in this process with a pushed DOLG SavedModel (the contract:
+``serving_contract``; the same in a Beam pipeline: ``gallery_embedding``).
 
-The model contract (what the pipeline pushes): a SavedModel whose ``serving_default``
-signature takes ``images`` (tf.string [None], encoded image bytes) and returns ``embedding``
-(float32 [None, D], L2-normalised); undecodable bytes raise InvalidArgumentError. Multi-scale
-test-time augmentation happens inside the model, so this module only reads bytes, crops query
-boxes, batches, and isolates failures: a file that cannot be read or decoded is reported with
-its path and reason and skipped, it never aborts a whole run.
+Multi-scale test-time augmentation happens inside the model, so this module only reads bytes,
+crops query boxes, batches, and isolates failures: a file that cannot be read or decoded is
+reported with its path and reason and skipped, it never aborts a whole run.
 """
 from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import os
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import dolg_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 from tqdm.auto import tqdm
 
-from components.image_example_gen import inputs as gen_inputs
-from components.image_example_gen.checks import Rejected
+from components.retrieval.serving_contract import (ATTENTION_INPUT, ATTENTION_OUTPUT, ATTENTION_SIGNATURE,
+                                                   EMBEDDING_OUTPUT, IMAGES_INPUT, IMAGES_SIGNATURE,
+                                                   SCALES_INPUT, SCALES_SIGNATURE, resolve_model_dir)
 
-SIGNATURE, INPUT_KEY, OUTPUT_KEY = "serving_default", "images", "embedding"
-SCALES_SIGNATURE = "serving_scales"
 # Same cap as ImageExampleGen: far above any real photo, far below a decompression bomb.
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 
@@ -55,29 +50,6 @@ class EmbedResult:
     failures: list
     labels: Optional[list] = None
     paths: Optional[list] = None
-
-
-def resolve_model_dir(path: str) -> str:
-    """The SavedModel directory to load: ``path`` itself or its highest complete version.
-
-    TF Serving lays models out as ``<base>/<version>/saved_model.pb``; the pipeline's Pusher
-    writes that layout, so both the base and a version directory are accepted. Any location
-    TensorFlow opens (a local path, gs://, ram://); a version folder a killed push left
-    incomplete is never chosen (``model_versions``).
-    """
-    from components.image_example_gen import storage
-    from components.retrieval import model_versions
-
-    if not storage.is_uri(path):
-        path = os.path.abspath(storage.canonical(path))
-    if model_versions.is_complete_version(path):
-        return path
-    if not tf.io.gfile.isdir(path):
-        raise FileNotFoundError(f"{path}: not a model directory (no such folder)")
-    versions = model_versions.complete_versions(path)
-    if not versions:
-        raise FileNotFoundError(f"{path}: no complete saved_model.pb here nor in an integer version folder")
-    return versions[-1]
 
 
 def crop_to_png(data: bytes, box: Sequence[float]) -> bytes:
@@ -143,28 +115,28 @@ class Embedder:
                                  f"chosen scales (has {sorted(self._loaded.signatures)})")
             if not self.scales or min(self.scales) <= 0:
                 raise ValueError(f"scales must be positive, got {self.scales}")
-        if SIGNATURE not in self._loaded.signatures:
-            raise ValueError(f"{self.model_dir}: no {SIGNATURE!r} signature "
+        if IMAGES_SIGNATURE not in self._loaded.signatures:
+            raise ValueError(f"{self.model_dir}: no {IMAGES_SIGNATURE!r} signature "
                              f"(has {sorted(self._loaded.signatures)})")
-        self._fn = self._loaded.signatures[SIGNATURE]
+        self._fn = self._loaded.signatures[IMAGES_SIGNATURE]
         _, kwargs = self._fn.structured_input_signature
-        if set(kwargs) != {INPUT_KEY}:
-            raise ValueError(f"{self.model_dir}: {SIGNATURE} takes {sorted(kwargs)}, "
-                             f"expected [{INPUT_KEY!r}]")
-        if OUTPUT_KEY not in self._fn.structured_outputs:
-            raise ValueError(f"{self.model_dir}: {SIGNATURE} returns "
-                             f"{sorted(self._fn.structured_outputs)}, expected {OUTPUT_KEY!r}")
-        self.dim = self._fn.structured_outputs[OUTPUT_KEY].shape[-1]
+        if set(kwargs) != {IMAGES_INPUT}:
+            raise ValueError(f"{self.model_dir}: {IMAGES_SIGNATURE} takes {sorted(kwargs)}, "
+                             f"expected [{IMAGES_INPUT!r}]")
+        if EMBEDDING_OUTPUT not in self._fn.structured_outputs:
+            raise ValueError(f"{self.model_dir}: {IMAGES_SIGNATURE} returns "
+                             f"{sorted(self._fn.structured_outputs)}, expected {EMBEDDING_OUTPUT!r}")
+        self.dim = self._fn.structured_outputs[EMBEDDING_OUTPUT].shape[-1]
 
     def embed_bytes(self, blobs: Sequence[bytes]) -> np.ndarray:
         """Embeds encoded images in one call; raises tf.errors.OpError if any is bad."""
         images = tf.constant(list(blobs), dtype=tf.string)
         if self.scales is not None:
             out = self._loaded.signatures[SCALES_SIGNATURE](
-                **{INPUT_KEY: images, "scales": tf.constant(self.scales, tf.float32)})
+                **{IMAGES_INPUT: images, SCALES_INPUT: tf.constant(self.scales, tf.float32)})
         else:
-            out = self._fn(**{INPUT_KEY: images})
-        return out[OUTPUT_KEY].numpy().astype(np.float32, copy=False)
+            out = self._fn(**{IMAGES_INPUT: images})
+        return out[EMBEDDING_OUTPUT].numpy().astype(np.float32, copy=False)
 
     def embed_blobs(self, blobs: Sequence[bytes]):
         """Embeds a batch, isolating bad images.
@@ -249,110 +221,8 @@ class Embedder:
                            paths=[paths[i] for i in out_pos])
 
 
-# ------------------------------------------------------------------------------ Beam --------
-class EmbedCandidatesDoFn(beam.DoFn):
-    """Embeds batches of (order, Candidate); loads the model once per DoFn instance (setup).
-
-    Main output: serialized tf.train.Example per embedded image (order, id, label, path,
-    embedding). Tagged output ``failures``: one JSON line per skipped candidate.
-    """
-    FAILURES = "failures"
-
-    def __init__(self, model_dir: str, max_bytes: int = DEFAULT_MAX_BYTES,
-                 total: Optional[int] = None, progress: Optional[bool] = None):
-        self._model_dir, self._max_bytes = model_dir, max_bytes
-        self._total, self._progress = total, progress
-        self._embedder, self._bar = None, None
-
-    def setup(self):
-        self._embedder = Embedder(self._model_dir)
-        self._bar = tqdm(total=self._total, desc="embedding gallery", unit="img",
-                         disable=None if self._progress is None else not self._progress)
-
-    def teardown(self):
-        if self._bar is not None:
-            self._bar.close()
-
-    def process(self, batch):
-        blobs, kept = [], []
-        for order, cand in batch:
-            try:  # read_candidate applies ImageExampleGen's file checks (root escape, size)
-                blobs.append(gen_inputs.read_candidate(cand, self._max_bytes))
-                kept.append((order, cand))
-            except Rejected as err:
-                yield beam.pvalue.TaggedOutput(self.FAILURES, _failure_json(
-                    order, cand, f"{err.reason}: {err.detail}"))
-        ok, embs, errors = self._embedder.embed_blobs(blobs)
-        for j, reason in errors.items():
-            yield beam.pvalue.TaggedOutput(self.FAILURES, _failure_json(*kept[j], reason))
-        for j, emb in zip(ok, embs):
-            order, cand = kept[j]
-            yield _example(order, cand, emb)
-        self._bar.update(len(batch))
-
-
-def _failure_json(order: int, cand, reason: str) -> str:
-    return json.dumps({"order": order, "id": cand.image_id, "path": cand.path, "reason": reason})
-
-
-def _example(order: int, cand, emb: np.ndarray) -> bytes:
-    def b(v):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode("utf-8")]))
-    return tf.train.Example(features=tf.train.Features(feature={
-        "order": tf.train.Feature(int64_list=tf.train.Int64List(value=[order])),
-        "id": b(cand.image_id), "label": b(cand.label), "path": b(cand.path),
-        "embedding": tf.train.Feature(float_list=tf.train.FloatList(value=emb.tolist())),
-    })).SerializeToString()
-
-
-def embed_candidates_with_beam(candidates: Sequence, model_dir: str, work_dir: str,
-                               batch_size: int = 32, max_bytes: int = DEFAULT_MAX_BYTES,
-                               progress: Optional[bool] = None,
-                               pipeline_args: Iterable[str] = ()) -> EmbedResult:
-    """Embeds ``scan_inputs`` candidates with a Beam pipeline (DirectRunner by default).
-
-    The pipeline writes embeddings as TFRecord shards of tf.train.Example and failures as JSON
-    lines under ``work_dir``; they are read back here and ordered like ``candidates``.
-    A custom DoFn rather than tfx_bsl's RunInference: RunInference feeds serialized
-    tf.Examples to the model, while this model takes raw image bytes, and per-image failure
-    isolation needs the batch-then-singles retry above.
-    """
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    os.makedirs(work_dir, exist_ok=True)
-    emb_prefix, fail_prefix = os.path.join(work_dir, "embeddings"), os.path.join(work_dir, "failures")
-    options = PipelineOptions(list(pipeline_args) or ["--runner=DirectRunner",
-                                                      "--direct_num_workers=1"])
-    with beam.Pipeline(options=options) as p:
-        results = (p
-                   | "Candidates" >> beam.Create(list(enumerate(candidates)))
-                   | "Batch" >> beam.BatchElements(min_batch_size=batch_size,
-                                                   max_batch_size=batch_size)
-                   | "Embed" >> beam.ParDo(EmbedCandidatesDoFn(
-                       model_dir, max_bytes, len(candidates), progress)).with_outputs(
-                           EmbedCandidatesDoFn.FAILURES, main="embedded"))
-        _ = results.embedded | "WriteEmbeddings" >> beam.io.WriteToTFRecord(
-            emb_prefix, file_name_suffix=".tfrecord")
-        _ = results[EmbedCandidatesDoFn.FAILURES] | "WriteFailures" >> beam.io.WriteToText(
-            fail_prefix, file_name_suffix=".jsonl")
-
-    rows = []
-    for name in sorted(tf.io.gfile.glob(emb_prefix + "*.tfrecord")):
-        for rec in tf.data.TFRecordDataset(name):
-            f = tf.train.Example.FromString(rec.numpy()).features.feature
-            rows.append((f["order"].int64_list.value[0], f["id"].bytes_list.value[0].decode(),
-                         f["label"].bytes_list.value[0].decode(),
-                         f["path"].bytes_list.value[0].decode(),
-                         np.asarray(f["embedding"].float_list.value, np.float32)))
-    rows.sort(key=lambda r: r[0])
-    failures = []
-    for name in sorted(tf.io.gfile.glob(fail_prefix + "*.jsonl")):
-        with open(name, encoding="utf-8") as fh:
-            failures.extend(json.loads(line) for line in fh if line.strip())
-    failures.sort(key=lambda d: d["order"])
-    dim = len(rows[0][4]) if rows else 0
-    return EmbedResult(
-        ids=[r[1] for r in rows], labels=[r[2] for r in rows], paths=[r[3] for r in rows],
-        embeddings=np.stack([r[4] for r in rows]) if rows else np.zeros((0, dim), np.float32),
-        positions=np.asarray([r[0] for r in rows], dtype=np.int64),
-        failures=[Failure(d["id"], d["path"], d["reason"]) for d in failures])
+def served_attention_map(model_dir: str, image_bytes: bytes) -> np.ndarray:
+    """The raw local attention map [H, W] from an exported model's attention signature, laid
+    over the image's pixels by the model itself (pipeline/signatures.py)."""
+    signature = tf.saved_model.load(str(model_dir)).signatures[ATTENTION_SIGNATURE]
+    return signature(**{ATTENTION_INPUT: tf.constant(image_bytes)})[ATTENTION_OUTPUT].numpy()

@@ -48,6 +48,7 @@ from tensorflow_model_analysis.metrics import metric_types
 from tensorflow_model_analysis.proto import config_pb2
 
 from components.retrieval.protocols import leave_one_out_retrieval
+from components.retrieval.serving_contract import EMBEDDING_OUTPUT, EXAMPLES_SIGNATURE
 
 METRIC_CLASS_NAME = "RetrievalMetrics"
 METRIC_MODULE = __name__  # "components.retrieval.tfma_metric": importable by the Evaluator
@@ -90,7 +91,7 @@ class RetrievalMetrics(metric_types.Metric):
       block_size: query rows scored at once by the protocol (memory O(block_size * N)).
     """
 
-    def __init__(self, name: str = MAP_NAME, embedding_key: str = "embedding",
+    def __init__(self, name: str = MAP_NAME, embedding_key: str = EMBEDDING_OUTPUT,
                  label_feature: str = "label", ks: Sequence[int] = DEFAULT_KS,
                  map_at: int = DEFAULT_MAP_AT, block_size: int = 1024):
         ks = [int(k) for k in ks]
@@ -112,7 +113,7 @@ class RetrievalMetrics(metric_types.Metric):
 metric_types.register_metric(RetrievalMetrics)
 
 
-def _retrieval_computations(name: str = MAP_NAME, embedding_key: str = "embedding",
+def _retrieval_computations(name: str = MAP_NAME, embedding_key: str = EMBEDDING_OUTPUT,
                             label_feature: str = "label", ks: Sequence[int] = DEFAULT_KS,
                             map_at: int = DEFAULT_MAP_AT, block_size: int = 1024,
                             model_names: Optional[List[str]] = None,
@@ -282,7 +283,7 @@ def _canonical_order(embeddings: np.ndarray, labels: np.ndarray):
 # EvalConfig for the pipeline's Evaluator
 # ----------------------------------------------------------------------------------------------
 def eval_config(min_map: Optional[float] = None, max_map_drop: Optional[float] = None, *,
-                signature_name: str = "serving_examples", embedding_key: str = "embedding",
+                signature_name: str = EXAMPLES_SIGNATURE, embedding_key: str = EMBEDDING_OUTPUT,
                 label_feature: str = "label", ks: Sequence[int] = DEFAULT_KS,
                 map_at: int = DEFAULT_MAP_AT, block_size: int = 1024,
                 ) -> config_pb2.EvalConfig:

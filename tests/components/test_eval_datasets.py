@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from components.retrieval import datasets, protocols
-from components.retrieval.embedder import Embedder, crop_to_png, resolve_model_dir
+from components.retrieval.embedder import Embedder, crop_to_png
+from components.retrieval.serving_contract import resolve_model_dir
 from dolg_tfx.cli import main
 from conftest import load_fixture
 
@@ -179,7 +180,7 @@ def test_evaluate_revisited_ranks_a_broken_database_image_last(tmp_path, model_b
 
 
 def test_failed_database_rows_rank_below_negative_scores():
-    from dolg_tfx.cli_evaluate import revisited_rankings
+    from components.retrieval.evaluation import revisited_rankings
     query = np.array([[1.0, 0.0]], np.float32)
     db = np.array([[-1.0, 0.0], [0.0, 0.0], [0.5, 0.0], [0.5, 0.0]], np.float32)  # row 1 failed
     ok = np.array([True, False, True, True])

@@ -17,8 +17,8 @@ from PIL import Image
 from components.retrieval.index import GalleryIndex, exact_search, faiss_or_none
 from dolg_tfx.cli import main
 from conftest import load_fixture
-from dolg_tfx.cli_index import (BORDER, CELL, OTHER_COLOUR, PAD, QUERY_COLOUR, SAME_COLOUR,
-                                UNKNOWN_COLOUR, grid_size)
+from components.retrieval.search_grid import (BORDER, CELL, OTHER_COLOUR, PAD, QUERY_COLOUR,
+                                              SAME_COLOUR, UNKNOWN_COLOUR, grid_size)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 LABELS = ("lab0", "lab1", "lab2", "lab3")

@@ -25,6 +25,7 @@ from PIL import Image
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from components.retrieval import serving_contract
 from dolg_tfx import serving_client as sc
 from dolg_tfx.cli import main as cli_main
 from conftest import load_fixture
@@ -120,7 +121,7 @@ def test_broken_copy_fails_validation(case):
 
 
 def test_models_config(model_config):
-    assert model_config.name == sc.DEFAULT_MODEL_NAME
+    assert model_config.name == serving_contract.MODEL_NAME
     assert model_config.model_platform == "tensorflow"
     policy = model_config.model_version_policy
     assert policy.WhichOneof("policy_choice") == "latest"
@@ -208,7 +209,7 @@ def _reference(loaded, blobs):
 
 
 def test_check_serving_signatures(model_base):
-    info = sc.check_serving_signatures(model_base)  # a base dir: its highest version
+    info = serving_contract.check_signatures(model_base)  # a base dir: its highest version
     assert info["version"] == 1 and info["embedding_dim"] == DIM
     default = info["signatures"]["serving_default"]
     assert default["method_name"] == "tensorflow/serving/predict"
@@ -217,7 +218,7 @@ def test_check_serving_signatures(model_base):
     assert {k: (v["dtype"], v["shape"]) for k, v in default["outputs"].items()} == {
         "embedding": ("DT_FLOAT", [-1, DIM])}
     assert list(info["signatures"]["serving_examples"]["inputs"]) == ["examples"]
-    assert sc.check_serving_signatures(model_base / "1")["embedding_dim"] == DIM
+    assert serving_contract.check_signatures(model_base / "1")["embedding_dim"] == DIM
 
 
 def test_check_serving_signatures_rejects_another_contract(tmp_path):
@@ -225,13 +226,13 @@ def test_check_serving_signatures_rejects_another_contract(tmp_path):
     module.f = tf.function(lambda image_bytes: {"embeddings": tf.zeros([tf.size(image_bytes), 3])},
                            input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
     tf.saved_model.save(module, str(tmp_path / "7"), signatures={"serving_default": module.f})
-    with pytest.raises(sc.SignatureError) as err:
-        sc.check_serving_signatures(tmp_path)
+    with pytest.raises(serving_contract.SignatureError) as err:
+        serving_contract.check_signatures(tmp_path)
     for problem in ("no signature 'serving_examples'", "expected exactly ['images']",
                     "no output 'embedding'"):
         assert problem in str(err.value)
-    with pytest.raises(sc.SignatureError, match="neither a SavedModel"):
-        sc.check_serving_signatures(tmp_path / "7" / "variables")
+    with pytest.raises(serving_contract.SignatureError, match="no complete saved_model.pb"):
+        serving_contract.check_signatures(tmp_path / "7" / "variables")
 
 
 def test_examples_signature_matches_images_signature(loaded, image_files):

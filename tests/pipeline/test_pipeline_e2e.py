@@ -115,7 +115,7 @@ def test_impossible_threshold_is_not_blessed_and_pushes_nothing(first_run):
 
 
 def test_pushed_signatures_are_what_the_clients_use(first_run):
-    from dolg_tfx.serving_client import check_serving_signatures
+    from components.retrieval.serving_contract import check_signatures as check_serving_signatures
 
     info = check_serving_signatures(first_run["summary"]["pushed_to"])  # raises on any mismatch
     assert info["embedding_dim"] == CONFIG.model.embedding_dim

@@ -1,0 +1,82 @@
+"""The picture of a search: the query and its top-k results side by side, each framed by
+whether its label matches the query's (green), does not (red) or cannot be told (grey)."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+# Grid geometry (pixels): each tile is a CELL x CELL thumbnail inside a BORDER-wide coloured
+# frame, with a CAPTION strip under it; tiles are PAD apart. grid_size() is the one formula.
+CELL, BORDER, CAPTION, PAD = 128, 5, 18, 6
+QUERY_COLOUR, SAME_COLOUR, OTHER_COLOUR, UNKNOWN_COLOUR = (40, 90, 220), (20, 170, 60), (210, 40, 40), (150, 150, 150)
+
+
+def grid_size(n_results: int) -> tuple[int, int]:
+    """(width, height) of the grid for a query and ``n_results`` results in one row."""
+    tile = CELL + 2 * BORDER
+    return PAD + (n_results + 1) * (tile + PAD), PAD + tile + CAPTION + PAD
+
+
+def _thumbnail(path: Optional[str]):
+    """An RGB thumbnail that fits CELL x CELL (upright per EXIF), or None if unreadable."""
+    from PIL import Image, ImageOps
+
+    if not path:
+        return None
+    try:
+        with Image.open(path) as im:
+            im.seek(0)
+            # contain() scales up as well as down: small images must still fill the cell.
+            return ImageOps.contain(ImageOps.exif_transpose(im).convert("RGB"), (CELL, CELL))
+    except Exception:  # Pillow raises many types; a missing thumbnail must not stop the grid
+        return None
+
+
+def render_grid(query_path: str, query_label: Optional[str], results: list, out_path: str) -> None:
+    """Writes the PNG grid: the query (blue frame), then each result.
+
+    A result's frame is green when its label equals the query's, red when it differs, and
+    grey when either label is unknown (no claim can be made then).
+    ``results``: (rank, score, id, label, path) tuples, best first.
+    """
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("RGB", grid_size(len(results)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    tile = CELL + 2 * BORDER
+    tiles = [(query_path, QUERY_COLOUR, "query")]
+    for rank, score, _, label, path in results:
+        if query_label is None or label is None:
+            colour = UNKNOWN_COLOUR
+        else:
+            colour = SAME_COLOUR if label == query_label else OTHER_COLOUR
+        tiles.append((path, colour, f"#{rank} {score:.3f}"))
+    for t, (path, colour, caption) in enumerate(tiles):
+        x0, y0 = PAD + t * (tile + PAD), PAD
+        draw.rectangle([x0, y0, x0 + tile - 1, y0 + tile - 1], fill=colour)
+        draw.rectangle([x0 + BORDER, y0 + BORDER, x0 + BORDER + CELL - 1, y0 + BORDER + CELL - 1],
+                       fill=(32, 32, 32))
+        thumb = _thumbnail(path)
+        if thumb is not None:  # centred in the cell, aspect ratio kept
+            canvas.paste(thumb, (x0 + BORDER + (CELL - thumb.width) // 2,
+                                 y0 + BORDER + (CELL - thumb.height) // 2))
+        else:
+            draw.text((x0 + BORDER + CELL // 2 - 3, y0 + BORDER + CELL // 2 - 6), "?",
+                      fill=(255, 255, 255))
+        draw.text((x0 + 2, y0 + tile + 3), caption, fill=(0, 0, 0))
+    canvas.save(out_path, format="PNG")
+
+
+def infer_query_label(image_path: str, index) -> Optional[str]:
+    """The query's label when the gallery tells it: the label of the gallery entry with the
+    same file, else the query's parent folder name when that is one of the gallery's labels."""
+    if not index.labels:
+        return None
+    # Gallery paths are stored absolute (as scanned); compare strings, not one realpath per
+    # gallery entry, which would stat every file of a large gallery.
+    real, absolute = os.path.realpath(image_path), os.path.abspath(image_path)
+    for path, label in zip(index.paths or (), index.labels):
+        if path in (real, absolute):
+            return label
+    parent = os.path.basename(os.path.dirname(real))
+    return parent if parent in set(index.labels) else None
