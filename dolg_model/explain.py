@@ -24,22 +24,50 @@ def attention_map(dolg, image) -> np.ndarray:
     return unit_range(att)
 
 
+# A small perceptual ramp (blue -> magenta -> orange -> yellow) without matplotlib.
+_RAMP = np.array([[0, 0, 96], [160, 0, 160], [255, 128, 0], [255, 255, 96]], np.float32)
+
+
+def colour_map(heat) -> np.ndarray:
+    """RGB float colours for values in [0, 1] (any shape; a last axis of 3 is added)."""
+    heat = np.clip(np.asarray(heat, np.float32), 0.0, 1.0)[..., None]
+    pos = heat * (len(_RAMP) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(_RAMP) - 2)
+    frac = pos - lo
+    return _RAMP[lo[..., 0]] * (1 - frac) + _RAMP[lo[..., 0] + 1] * frac
+
+
 def overlay(image, heat, alpha=0.5):
     """The image with `heat` ([0, 1], same height and width) blended on top as a colour map.
 
     Returns a PIL image. Low attention is dark blue, high attention is yellow-red."""
     from PIL import Image
 
-    image = np.asarray(image, np.float32)
-    heat = np.clip(np.asarray(heat, np.float32), 0.0, 1.0)[..., None]
-    # A small perceptual ramp (blue -> magenta -> orange -> yellow) without matplotlib.
-    stops = np.array([[0, 0, 96], [160, 0, 160], [255, 128, 0], [255, 255, 96]], np.float32)
-    pos = heat * (len(stops) - 1)
-    lo = np.floor(pos).astype(int).clip(0, len(stops) - 2)
-    frac = pos - lo
-    colour = stops[lo[..., 0]] * (1 - frac) + stops[lo[..., 0] + 1] * frac
-    blended = (1 - alpha) * image + alpha * colour
+    blended = (1 - alpha) * np.asarray(image, np.float32) + alpha * colour_map(heat)
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), "RGB")
+
+
+def with_colour_bar(picture, bar_width=14):
+    """``picture`` (a PIL image) with the colour map's scale on its right: a vertical bar from
+    low (bottom) to high (top) attention, its ends and middle marked. The map is relative (scaled
+    to [0, 1] per image), so the marks say low/high rather than absolute values."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=max(10, min(14, picture.height // 12)))
+    draw_probe = ImageDraw.Draw(picture)
+    text_width = int(max(draw_probe.textlength(t, font=font) for t in ("high", "low", "mid")))
+    margin = 6
+    height = max(picture.height, 60)
+    out = Image.new("RGB", (picture.width + 3 * margin + bar_width + text_width, height), (255, 255, 255))
+    out.paste(picture, (0, 0))
+    top, bottom = margin, height - margin - 1
+    values = np.linspace(1.0, 0.0, bottom - top + 1)[:, None].repeat(bar_width, axis=1)
+    out.paste(Image.fromarray(colour_map(values).astype(np.uint8), "RGB"), (picture.width + margin, top))
+    draw = ImageDraw.Draw(out)
+    x_text = picture.width + 2 * margin + bar_width
+    for text, y, anchor in (("high", top, "lt"), ("mid", (top + bottom) // 2, "lm"), ("low", bottom, "lb")):
+        draw.text((x_text, y), text, fill=(0, 0, 0), font=font, anchor=anchor)
+    return out
 
 
 def load_descriptor_model(path):

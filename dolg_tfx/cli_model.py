@@ -47,5 +47,5 @@ def explain(image, model_dir, output, alpha):
         heat = explain_lib.unit_range(served_attention_map(exported, data))
     else:  # a Keras save of the descriptor (.keras, .h5, or a version folder without signatures)
         heat = explain_lib.attention_map(explain_lib.load_descriptor_model(exported), rgb)
-    explain_lib.overlay(rgb, heat, alpha).save(output, format="PNG")
+    explain_lib.with_colour_bar(explain_lib.overlay(rgb, heat, alpha)).save(output, format="PNG")
     click.echo(f"wrote {output} (attention range mapped to [0, 1] over {heat.shape[1]}x{heat.shape[0]} px)")

@@ -6,8 +6,10 @@ import os
 from typing import Optional
 
 # Grid geometry (pixels): each tile is a CELL x CELL thumbnail inside a BORDER-wide coloured
-# frame, with a CAPTION strip under it; tiles are PAD apart. grid_size() is the one formula.
-CELL, BORDER, CAPTION, PAD = 128, 5, 18, 6
+# frame, with a CAPTION strip of two text lines under it; tiles are PAD apart. grid_size() is
+# the one formula.
+CELL, BORDER, CAPTION, PAD = 128, 5, 38, 6
+FONT_SIZE = 13
 QUERY_COLOUR, SAME_COLOUR, OTHER_COLOUR, UNKNOWN_COLOUR = (40, 90, 220), (20, 170, 60), (210, 40, 40), (150, 150, 150)
 
 
@@ -17,14 +19,17 @@ def grid_size(n_results: int) -> tuple[int, int]:
     return PAD + (n_results + 1) * (tile + PAD), PAD + tile + CAPTION + PAD
 
 
-def _thumbnail(path: Optional[str]):
-    """An RGB thumbnail that fits CELL x CELL (upright per EXIF), or None if unreadable."""
+def _thumbnail(source):
+    """An RGB thumbnail that fits CELL x CELL (upright per EXIF), or None if unreadable.
+    ``source``: a file path or the image's encoded bytes."""
+    import io
+
     from PIL import Image, ImageOps
 
-    if not path:
+    if not source:
         return None
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             im.seek(0)
             # contain() scales up as well as down: small images must still fill the cell.
             return ImageOps.contain(ImageOps.exif_transpose(im).convert("RGB"), (CELL, CELL))
@@ -32,39 +37,59 @@ def _thumbnail(path: Optional[str]):
         return None
 
 
-def render_grid(query_path: str, query_label: Optional[str], results: list, out_path: str) -> None:
-    """Writes the PNG grid: the query (blue frame), then each result.
+def _fit(draw, text: str, font, width: int) -> str:
+    """``text`` cut (with an ellipsis) to fit ``width`` pixels in ``font``."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def render_grid(query, query_label: Optional[str], results: list, out=None):
+    """Draws the grid: the query (blue frame), then each result with its rank, score and label.
 
     A result's frame is green when its label equals the query's, red when it differs, and
     grey when either label is unknown (no claim can be made then).
-    ``results``: (rank, score, id, label, path) tuples, best first.
-    """
-    from PIL import Image, ImageDraw
 
+    Args:
+      query: the query image, a path or encoded bytes.
+      query_label: its label, or None when unknown.
+      results: (rank, score, id, label, image) tuples, best first; image is a path or bytes.
+      out: where to save the PNG (a path or a file object), or None.
+    Returns:
+      The PIL image.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=FONT_SIZE)
     canvas = Image.new("RGB", grid_size(len(results)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     tile = CELL + 2 * BORDER
-    tiles = [(query_path, QUERY_COLOUR, "query")]
-    for rank, score, _, label, path in results:
+    tiles = [(query, QUERY_COLOUR, "query", "" if query_label is None else str(query_label))]
+    for rank, score, image_id, label, image in results:
         if query_label is None or label is None:
             colour = UNKNOWN_COLOUR
         else:
             colour = SAME_COLOUR if label == query_label else OTHER_COLOUR
-        tiles.append((path, colour, f"#{rank} {score:.3f}"))
-    for t, (path, colour, caption) in enumerate(tiles):
+        tiles.append((image, colour, f"#{rank}  {score:.3f}", str(label if label not in (None, "") else image_id)))
+    for t, (image, colour, first, second) in enumerate(tiles):
         x0, y0 = PAD + t * (tile + PAD), PAD
         draw.rectangle([x0, y0, x0 + tile - 1, y0 + tile - 1], fill=colour)
         draw.rectangle([x0 + BORDER, y0 + BORDER, x0 + BORDER + CELL - 1, y0 + BORDER + CELL - 1],
                        fill=(32, 32, 32))
-        thumb = _thumbnail(path)
+        thumb = _thumbnail(image)
         if thumb is not None:  # centred in the cell, aspect ratio kept
             canvas.paste(thumb, (x0 + BORDER + (CELL - thumb.width) // 2,
                                  y0 + BORDER + (CELL - thumb.height) // 2))
         else:
-            draw.text((x0 + BORDER + CELL // 2 - 3, y0 + BORDER + CELL // 2 - 6), "?",
-                      fill=(255, 255, 255))
-        draw.text((x0 + 2, y0 + tile + 3), caption, fill=(0, 0, 0))
-    canvas.save(out_path, format="PNG")
+            draw.text((x0 + tile // 2, y0 + tile // 2), "?", fill=(255, 255, 255), font=font, anchor="mm")
+        draw.text((x0 + 2, y0 + tile + 3), _fit(draw, first, font, tile - 4), fill=(0, 0, 0), font=font)
+        draw.text((x0 + 2, y0 + tile + 4 + FONT_SIZE + 2), _fit(draw, second, font, tile - 4),
+                  fill=(70, 70, 70), font=font)
+    if out is not None:
+        canvas.save(out, format="PNG")
+    return canvas
 
 
 def infer_query_label(image_path: str, index) -> Optional[str]:

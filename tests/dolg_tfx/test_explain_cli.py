@@ -21,7 +21,8 @@ def test_explain_cli_writes_an_overlay(tmp_path):
                           "-o", str(out)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     with Image.open(out) as im:
-        assert im.format == "PNG" and im.size == (90, 70)
+        # the image at its own size, then the colour bar to its right
+        assert im.format == "PNG" and im.size[1] == 70 and im.size[0] > 90
     (tmp_path / "bad.jpg").write_text("not an image")
     run = subprocess.run(["dolg-tfx", "explain", str(tmp_path / "bad.jpg"), "--model", str(tmp_path / "model.keras"),
                           "-o", str(out)], capture_output=True, text=True, timeout=300)
@@ -39,4 +40,4 @@ def test_explain_loads_the_resolved_version_of_a_base_folder(tmp_path):
                           "-o", str(out)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     with Image.open(out) as im:
-        assert im.size == (60, 50)
+        assert im.size[0] > 60 and im.size[1] >= 50
