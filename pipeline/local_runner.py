@@ -154,13 +154,15 @@ def summarise(layout) -> dict:
     Raises:
       ArtifactUnreadable: a finished component's output file is missing or unreadable.
     """
+    from components.image_example_gen.spec import REJECTED_FILE, SUMMARY_FILE
+
     store, run_context, executions = latest_run_executions(layout)
     summary = {"run": run_context.name, "components": {k: _state(v) for k, v in executions.items()}}
     if "ImageExampleGen" in executions:
         [report] = _outputs(store, executions["ImageExampleGen"], "dolg_tfx.IngestionReport") or [None]
         if report is not None:
-            summary["ingestion"] = read_json_artifact_file(report.uri, "summary.json")
-            summary["ingestion_report"] = _uri_join(report.uri, "rejected.jsonl")
+            summary["ingestion"] = read_json_artifact_file(report.uri, SUMMARY_FILE)
+            summary["ingestion_report"] = _uri_join(report.uri, REJECTED_FILE)
         [examples] = _outputs(store, executions["ImageExampleGen"], "Examples") or [None]
         summary["examples"] = examples.uri if examples is not None else None
     if "Evaluator" in executions:

@@ -8,8 +8,6 @@ test_kill_anywhere.py.)
 """
 import io
 import json
-import pathlib
-import uuid
 
 import numpy as np
 import pytest
@@ -17,31 +15,21 @@ import tensorflow as tf
 from PIL import Image
 
 from components.retrieval import model_versions
-from components.retrieval.embedder import Embedder, resolve_model_dir
+from components.retrieval.embedder import Embedder
+from components.retrieval.serving_contract import resolve_model_dir
 from conftest import load_fixture
 from pipeline import local_runner
 
 stand_in = load_fixture("stand_in_model")
+ram_fs = load_fixture("ram_fs")
+copy_tree = ram_fs.copy_tree
 
 
 @pytest.fixture
 def ram():
-    prefix = f"ram://store-{uuid.uuid4().hex[:12]}"
+    prefix = ram_fs.fresh_prefix("store")
     yield prefix
-    if tf.io.gfile.exists(prefix):
-        tf.io.gfile.rmtree(prefix)
-
-
-def copy_tree(local, uri):
-    """Copies a local folder into ``uri`` through tf.io.gfile."""
-    for path in sorted(pathlib.Path(local).rglob("*")):
-        target = f"{uri}/{path.relative_to(local).as_posix()}"
-        if path.is_dir():
-            tf.io.gfile.makedirs(target)
-        else:
-            tf.io.gfile.makedirs(target.rsplit("/", 1)[0])
-            with tf.io.gfile.GFile(target, "wb") as f:
-                f.write(path.read_bytes())
+    ram_fs.remove(prefix)
 
 
 @pytest.fixture(scope="module")
