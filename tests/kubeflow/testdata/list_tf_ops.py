@@ -23,6 +23,8 @@ def main():
     names = sorted(n for n in dir(tf.raw_ops) if not n.startswith("_"))
     print(COMMAND)
     print(f"# tensorflow {tf.__version__}: {len(names)} names in tf.raw_ops")
+    # A GraphDef whose versions.min_consumer is above this is refused by this TensorFlow.
+    print(f"# graph_def_version {tf.version.GRAPH_DEF_VERSION}")
     for name in names:
         op_def = op_def_registry.get(name)
         if op_def is None:  # a raw_ops wrapper without a registered kernel op: not loadable

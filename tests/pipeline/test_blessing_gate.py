@@ -1,0 +1,175 @@
+"""The blessing gate end to end, through the pipeline: the Resolver hands the latest blessed
+model to the Evaluator as its baseline; a candidate whose held-out mAP is more than
+`max_map_drop` below it is NOT blessed and the Pusher pushes nothing; a better one is pushed.
+Then the pushed DOLG model itself: what TF Serving 2.19.1's TensorFlow needs to load it, and
+the REST / gRPC stand-ins of TF Serving serving it to the project's clients.
+
+Three runs on one output folder (ingestion, statistics and Transform are cached after the
+first):
+1. "weak": two steps at a learning rate of 1e-6 (its initial weights, in effect). Nothing was
+   blessed before, so only min_map gates it: blessed and pushed.
+2. "better": 60 steps. Its baseline is the weak model; it beats it: blessed and pushed.
+3. "worse": the weak configuration again. Its Trainer is cached, so the candidate is the weak
+   model, and its baseline is now the 60-step model: more than max_map_drop worse, refused.
+   (The same verdict as for a newly trained weak model, at the cost of an evaluation.)
+"""
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO, load_fixture
+from pipeline import local_runner
+from pipeline.config import load_config
+from pipeline.demo_data import generate_landmarks
+
+stand_in = load_fixture("stand_in_model")
+
+MAX_DROP = 0.02
+BASE = load_config("tiny").replace(max_map_drop=MAX_DROP, eval_fraction=0.34)
+WEAK = dict(train_steps=2, steps_per_epoch=2, warmup_steps=0, learning_rate=1e-6)
+RUNS = {"weak": WEAK, "better": dict(train_steps=60, steps_per_epoch=60), "worse": WEAK}  # in this order
+MAP = "retrieval_mAP"
+OPS_2_19_1 = REPO / "tests" / "kubeflow" / "testdata" / "tf_2.19.1_ops.txt"
+
+
+def _evaluator_io(output):
+    """The Evaluator's input and output artifact URIs of the latest run, by channel key."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    store, _, executions = local_runner.latest_run_executions(local_runner.Layout(str(output)))
+    events = store.get_events_by_execution_ids([executions["Evaluator"].id])
+    uris = {a.id: a.uri for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+    found = {}
+    for e in events:
+        kind = "in" if e.type == metadata_store_pb2.Event.INPUT else "out"
+        found.setdefault((kind, e.path.steps[0].key), []).append(uris[e.artifact_id])
+    return found
+
+
+def _map_values(evaluation_uri):
+    """retrieval_mAP of the ModelEvaluation, keyed (model name, is it the diff to the baseline)."""
+    import tensorflow_model_analysis as tfma
+
+    values = {}
+    for metrics in tfma.load_metrics(evaluation_uri):
+        if metrics.slice_key.single_slice_keys:
+            continue
+        for item in metrics.metric_keys_and_values:
+            if item.key.name == MAP:
+                values[(item.key.model_name, item.key.is_diff)] = item.value.double_value.value
+    return values
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gate")
+    data, out = root / "data", root / "out"
+    generate_landmarks(data, n_landmarks=12, views_per_landmark=6, size=64, seed=11)
+    results = {}
+    for name, changes in RUNS.items():
+        summary = local_runner.run(BASE.replace(**changes), str(data), str(out), verbose=False)
+        io = _evaluator_io(out)
+        (evaluation,) = io[("out", "evaluation")]
+        summary.update(versions=sorted(os.listdir(out / "serving_model")), baseline=io.get(("in", "baseline_model"), []),
+                       maps=_map_values(evaluation), data=data)
+        results[name] = summary
+        print(f"{name}: eval images {summary['ingestion']['emitted']}, {MAP}={summary['metrics'][MAP]:.4f} blessed={summary['blessed']} "
+              f"pushed={summary['pushed_to']} baseline={summary['baseline']}")
+    return results
+
+
+def _model_artifact(summary):
+    return os.path.dirname(summary["model"])  # summary["model"] is its Format-Serving folder
+
+
+def _gate(summary):
+    """(candidate mAP, baseline mAP, the difference gated on), all as the Evaluator computed them."""
+    maps = summary["maps"]
+    return maps[("candidate", False)], maps[("baseline", False)], maps[("candidate", True)]
+
+
+def test_first_model_is_blessed_without_a_baseline(runs):
+    first = runs["weak"]
+    assert first["components"]["Trainer"] == "COMPLETE"
+    assert first["baseline"] == []  # nothing was blessed before
+    assert first["blessed"] is True and first["pushed_to"] is not None
+    assert first["versions"] == [pathlib.Path(first["pushed_to"]).name]
+
+
+def test_better_model_is_blessed_against_the_baseline_and_pushed(runs):
+    first, better = runs["weak"], runs["better"]
+    assert better["components"]["Trainer"] == "COMPLETE"
+    assert better["baseline"] == [_model_artifact(first)]  # the Resolver's pick
+    candidate, baseline, diff = _gate(better)
+    assert diff == pytest.approx(candidate - baseline, abs=1e-6)
+    assert diff > MAX_DROP, (baseline, candidate)  # really better, not just within the tolerance
+    assert better["blessed"] is True
+    assert better["versions"] == sorted(first["versions"] + [pathlib.Path(better["pushed_to"]).name])
+
+
+def test_worse_model_is_not_blessed_and_pushes_nothing(runs):
+    first, better, worse = runs["weak"], runs["better"], runs["worse"]
+    assert worse["components"]["Trainer"] == "CACHED"
+    assert _model_artifact(worse) == _model_artifact(first)  # the candidate is the weak model
+    # The baseline is now the latest blessed model, the 60-step one, not the first.
+    assert worse["baseline"] == [_model_artifact(better)]
+    candidate, baseline, diff = _gate(worse)
+    assert baseline == pytest.approx(better["metrics"][MAP], abs=1e-6)  # the 60-step model's mAP
+    assert diff == pytest.approx(candidate - baseline, abs=1e-6)
+    assert diff < -MAX_DROP, (baseline, candidate)
+    assert worse["blessed"] is False
+    assert worse["pushed_to"] is None
+    assert worse["versions"] == better["versions"]
+
+
+# ------------------------------------------------------------------ the pushed model ------
+
+@pytest.fixture(scope="module")
+def pushed(runs):
+    return runs["better"]["pushed_to"]
+
+
+def test_pushed_model_loads_in_tf_serving_2_19_1(pushed):
+    """Every op (and op attribute) of every function of the SavedModel exists in TensorFlow
+    2.19.1, the TensorFlow of the pinned tensorflow/serving:2.19.1 image (the list was
+    generated from that TensorFlow's tf.raw_ops: see its header)."""
+    used, _ = stand_in.saved_model_ops(pushed)
+    assert {"DecodeImage", "Conv2D", "ParseExampleV2"} <= set(used)  # the real serving graph
+    assert stand_in.runtime_problems(pushed, OPS_2_19_1) == []
+
+
+def test_stand_in_servers_serve_the_pushed_model(runs, pushed):
+    from dolg_tfx import serving_client as sc
+
+    loaded = tf.saved_model.load(pushed)
+    images = sorted(runs["better"]["data"].glob("landmark_*/*.jpg"))[:5]
+    blobs = sc.read_images(images)
+    want = loaded.signatures["serving_default"](images=tf.constant(blobs))["embedding"].numpy()
+    bad = b"<html>404 Not Found</html>"
+    with pytest.raises(tf.errors.InvalidArgumentError) as err:
+        loaded.signatures["serving_default"](images=tf.constant([bad]))
+    model_error = err.value.message.splitlines()[0]
+
+    rest = stand_in.serve_rest(loaded)
+    try:
+        got = sc.RestClient(rest.url).embed(blobs, batch_size=2)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        assert got.shape == (5, BASE.model.embedding_dim)
+        with pytest.raises(sc.ServingError, match="HTTP 400") as refused:
+            sc.RestClient(rest.url).embed([blobs[0], bad])
+        assert model_error in str(refused.value)
+    finally:
+        rest.shutdown()
+        rest.server_close()
+    server, target, _ = stand_in.serve_grpc(loaded)
+    try:
+        with sc.GrpcClient(target) as client:
+            np.testing.assert_allclose(client.embed(blobs, batch_size=3), want, atol=1e-6)
+            with pytest.raises(sc.ServingError, match="INVALID_ARGUMENT") as refused:
+                client.embed([bad])
+        assert model_error in str(refused.value)
+    finally:
+        server.stop(0)
