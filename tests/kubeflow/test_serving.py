@@ -5,6 +5,7 @@ of its two APIs (tests/fixtures/stand_in_model.py: an http.server and a grpc ser
 127.0.0.1) that serve a small SavedModel with the pushed model's signatures and answer the
 way TF Serving does: row-format JSON with ``{"b64": ...}`` values decoded into a [n] string
 tensor, ``{"error": ...}`` with HTTP 400 on InvalidArgument, PredictResponse tensors over gRPC.
+The same stand-ins serve a pushed DOLG model in tests/pipeline/test_blessing_gate.py.
 """
 import base64
 import copy
@@ -381,3 +382,43 @@ def test_cli_embed_refuses_bad_input(rest_server, image_files):
     assert result.exit_code != 0 and "--server" in result.output
     result = runner.invoke(cli_main, ["embed", "--server", rest_server.url, str(image_files["bad"])])
     assert result.exit_code != 0 and "Unknown image file format" in result.output
+
+
+# ------------------------------------------------------------------ TF Serving's TensorFlow -
+# The pushed DOLG model itself is checked against this list, and served by both stand-ins,
+# in tests/pipeline/test_blessing_gate.py (which has pushed models at hand).
+
+TESTDATA = pathlib.Path(__file__).resolve().parent / "testdata"
+
+
+def test_op_list_is_the_pinned_tf_serving_version(deployment):
+    tag = _container(deployment)["image"].split(":")[1]
+    ops_file = TESTDATA / f"tf_{tag}_ops.txt"
+    assert ops_file.exists(), f"tensorflow/serving is pinned to {tag}: generate its op list (list_tf_ops.py)"
+    assert f"# tensorflow {tag}: " in ops_file.read_text()  # written by that TensorFlow, not renamed
+    version, ops = stand_in.read_op_list(ops_file)
+    assert version > 0 and len(ops) > 1000
+    assert {"DecodeImage", "StatefulPartitionedCall", "ParseExampleV2"} <= set(ops)
+
+
+def test_runtime_check_finds_what_tf_serving_cannot_run(model_base, tmp_path):
+    """The check can fail: an op the list lacks, an attribute an op lacks, a Python-only op."""
+    model = model_base / "1"
+    ops_file = TESTDATA / "tf_2.19.1_ops.txt"
+    used, _ = stand_in.saved_model_ops(model)
+    assert "MatMul" in used and "T" in used["MatMul"]
+    assert stand_in.runtime_problems(model, ops_file) == []
+    lines = ops_file.read_text().splitlines()
+    without_matmul = tmp_path / "no_matmul.txt"
+    without_matmul.write_text("\n".join(l for l in lines if not l.startswith("MatMul ")))
+    assert stand_in.runtime_problems(model, without_matmul) == ["op MatMul does not exist there"]
+    older_matmul = tmp_path / "older_matmul.txt"
+    older_matmul.write_text("\n".join(l.replace("MatMul T,", "MatMul ") if l.startswith("MatMul ") else l
+                                      for l in lines))
+    assert stand_in.runtime_problems(model, older_matmul) == ["op MatMul: attributes ['T'] unknown there"]
+
+    module = tf.Module()
+    module.f = tf.function(lambda x: {"y": tf.py_function(lambda v: v * 2.0, [x], tf.float32)},
+                           input_signature=[tf.TensorSpec([None], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "py"), signatures={"serving_default": module.f})
+    assert "op EagerPyFunc needs a Python runtime" in stand_in.runtime_problems(tmp_path / "py", ops_file)
