@@ -41,8 +41,17 @@ def kubeflow():
               help="A Beam pipeline argument, repeatable, e.g. --beam-arg=--runner=DataflowRunner "
                    "--beam-arg=--project=P --beam-arg=--region=R --beam-arg=--temp_location=gs://B/tmp.")
 @click.option("--no-cache", is_flag=True, help="Do not let the orchestrator reuse earlier step outputs.")
+@click.option("--trainer-workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Trainer replicas. N > 1 (.json only): a Vertex AI CustomJob of one primary and N-1 "
+                   "workers, each a --machine-type with --gpus x --gpu-type, training together "
+                   "(MultiWorkerMirroredStrategy).")
+@click.option("--vertex-project", default=None, help="With --trainer-workers > 1: the CustomJob's project.")
+@click.option("--vertex-region", default=None, help="With --trainer-workers > 1: its region, e.g. europe-west4.")
+@click.option("--machine-type", default="n1-standard-8", show_default=True,
+              help="With --trainer-workers > 1: the Vertex machine type of every replica.")
 def compile_cmd(image, pipeline_root, data, serving_dir, output, config_file, preset, pipeline_name, gpus,
-                gpu_type, cpu, memory, beam_args, no_cache):
+                gpu_type, cpu, memory, beam_args, no_cache, trainer_workers, vertex_project, vertex_region,
+                machine_type):
     """Compile the pipeline into a file for Kubeflow Pipelines (.yaml) or Vertex AI (.json).
 
     Compiling is offline: nothing is written to the pipeline root.
@@ -56,7 +65,8 @@ def compile_cmd(image, pipeline_root, data, serving_dir, output, config_file, pr
         path = kubeflow_runner.compile_pipeline(
             config, image=image, pipeline_root=pipeline_root, output_file=output, data=data,
             serving_model_dir=serving_dir, gpus=gpus, gpu_type=gpu_type, beam_args=beam_args, cpu=cpu,
-            memory=memory, enable_cache=not no_cache)
+            memory=memory, enable_cache=not no_cache, trainer_workers=trainer_workers,
+            vertex_project=vertex_project, vertex_region=vertex_region, machine_type=machine_type)
     except ValueError as err:  # ConfigError is a ValueError too
         raise click.ClickException(str(err))
     kind = ("Vertex AI PipelineJob" if kubeflow_runner.output_format(path) == "json"

@@ -37,6 +37,8 @@ CONTAINER_SCHEMA_FILE = "/opt/dolg-tfx/schemas/schema.pbtxt"
 _K8S_RESOURCE = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?")
 _VERTEX_ACCELERATOR = re.compile(r"[A-Z][A-Z0-9_]*")
 DEFAULT_GPU_TYPE = {"yaml": "nvidia.com/gpu", "json": "NVIDIA_TESLA_T4"}
+# A Vertex AI machine type for each Trainer replica of a multi-worker run.
+DEFAULT_MACHINE_TYPE = "n1-standard-8"
 _CPU = re.compile(r"(\d+(\.\d+)?)(m?)")
 _MEMORY = re.compile(r"(\d+(\.\d+)?)([KMGTPE]i?)?")
 _MEMORY_UNIT = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
@@ -135,6 +137,49 @@ def trainer_resource_spec(fmt: str, gpus: int = 1, gpu_type: Optional[str] = Non
     return spec
 
 
+def vertex_training_config(image: str, workers: int, project: str, region: str,
+                           machine_type: str = DEFAULT_MACHINE_TYPE, gpus: int = 1,
+                           gpu_type: Optional[str] = None) -> dict:
+    """The custom_config keys of ``tfx.extensions.google_cloud_ai_platform.Trainer`` for a
+    Vertex AI CustomJob of ``workers`` replicas: worker pool 0 is the primary (the chief in
+    TF_CONFIG, which Vertex sets), pool 1 the other ``workers - 1``, all on ``machine_type``
+    with ``gpus`` accelerators of ``gpu_type`` each, all running ``image`` (whose run_fn then
+    trains under MultiWorkerMirroredStrategy). Every step is a collective of all replicas, so
+    the job restarts as a whole when one replica restarts, and resumes from the backup.
+    """
+    from tfx import v1 as tfx
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 2:
+        raise ValueError(f"trainer_workers must be an integer >= 2 for a multi-worker job, got {workers!r}")
+    for name, value in (("vertex_project", project), ("vertex_region", region), ("machine_type", machine_type)):
+        if not value or not isinstance(value, str):
+            raise ValueError(f"{name} is required for a multi-worker Trainer on Vertex AI, got {value!r}")
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise ValueError(f"gpus must be an integer >= 0, got {gpus!r}")
+    machine = {"machine_type": machine_type}
+    if gpus:
+        gpu_type = gpu_type or DEFAULT_GPU_TYPE["json"]
+        if not _VERTEX_ACCELERATOR.fullmatch(gpu_type):
+            raise ValueError(f"gpu_type {gpu_type!r}: Vertex AI needs an accelerator type such as "
+                             "NVIDIA_TESLA_T4 or NVIDIA_L4")
+        machine.update(accelerator_type=gpu_type, accelerator_count=gpus)
+
+    def pool(replicas):
+        return {"machine_spec": dict(machine), "replica_count": replicas,
+                "container_spec": {"image_uri": image}}
+
+    ext = tfx.extensions.google_cloud_ai_platform
+    return {
+        ext.TRAINING_ARGS_KEY: {
+            "project": project,
+            "job_spec": {"worker_pool_specs": [pool(1), pool(workers - 1)],
+                         "scheduling": {"restart_job_on_worker_restart": True}},
+        },
+        ext.ENABLE_VERTEX_KEY: True,
+        ext.VERTEX_REGION_KEY: region,
+    }
+
+
 def _with_worker_image(beam_args: Sequence[str], image: str) -> tuple:
     """On Dataflow the workers must import our preprocessing and metric modules: unless the
     user named one, the pipeline image (which carries the Beam SDK harness) is the worker image."""
@@ -186,8 +231,12 @@ def _set_default_pipeline_root(output_file: str, fmt: str, pipeline_root: str) -
 def build_pipeline(config, image: str, pipeline_root: str, data: str, serving_model_dir: str,
                    fmt: str, gpus: int = 1, gpu_type: Optional[str] = None, cpu: Optional[str] = "8",
                    memory: Optional[str] = "30G", beam_args: Sequence[str] = (),
-                   schema_file: str = CONTAINER_SCHEMA_FILE, enable_cache: bool = True):
+                   schema_file: str = CONTAINER_SCHEMA_FILE, enable_cache: bool = True,
+                   trainer_workers: int = 1, vertex_project: Optional[str] = None,
+                   vertex_region: Optional[str] = None, machine_type: str = DEFAULT_MACHINE_TYPE):
     """The tfx.dsl.Pipeline as it will run on the cluster (see compile_pipeline for the args)."""
+    from tfx import v1 as tfx
+
     from pipeline.config import PREPROCESSING_FN, RUN_FN
     from pipeline.pipeline import create_pipeline
 
@@ -196,12 +245,24 @@ def build_pipeline(config, image: str, pipeline_root: str, data: str, serving_mo
     if not image:
         raise ValueError("image is required: the container image every step runs in")
     config = config.replace(beam_args=_with_worker_image(tuple(config.beam_args) + tuple(beam_args), image))
-    resources = trainer_resource_spec(fmt, gpus, gpu_type, cpu, memory)
+    trainer = {}
+    if trainer_workers != 1:
+        if fmt != "json":
+            raise ValueError(
+                f"trainer_workers={trainer_workers} needs a .json output (a Vertex AI PipelineJob): on "
+                "Kubeflow Pipelines (.yaml) the Trainer is one pod with its GPUs (see the README, "
+                "'Scaling out')")
+        # The Trainer step only launches the CustomJob and waits: the replicas get the machines.
+        trainer = {"trainer_class": tfx.extensions.google_cloud_ai_platform.Trainer,
+                   "trainer_custom_config": vertex_training_config(
+                       image, trainer_workers, vertex_project, vertex_region, machine_type, gpus, gpu_type)}
+    else:
+        resources = trainer_resource_spec(fmt, gpus, gpu_type, cpu, memory)
+        trainer = {"trainer_resources": lambda component: component.with_platform_config(resources)}
     tfx_pipeline = create_pipeline(
         config, data=data, pipeline_root=pipeline_root, serving_model_dir=serving_model_dir,
         schema_file=schema_file, preprocessing_fn=PREPROCESSING_FN, run_fn=RUN_FN,
-        metadata_path=None, enable_cache=enable_cache,
-        trainer_resources=lambda trainer: trainer.with_platform_config(resources))
+        metadata_path=None, enable_cache=enable_cache, **trainer)
     _refuse_module_files(tfx_pipeline)
     return tfx_pipeline
 
@@ -210,7 +271,9 @@ def compile_pipeline(config, image: str, pipeline_root: str, output_file: str, d
                      serving_model_dir: str, gpus: int = 1, gpu_type: Optional[str] = None,
                      beam_args: Sequence[str] = (), cpu: Optional[str] = "8",
                      memory: Optional[str] = "30G", schema_file: str = CONTAINER_SCHEMA_FILE,
-                     enable_cache: bool = True) -> str:
+                     enable_cache: bool = True, trainer_workers: int = 1,
+                     vertex_project: Optional[str] = None, vertex_region: Optional[str] = None,
+                     machine_type: str = DEFAULT_MACHINE_TYPE) -> str:
     """Compiles the pipeline into ``output_file`` and returns its path.
 
     Args:
@@ -227,13 +290,18 @@ def compile_pipeline(config, image: str, pipeline_root: str, output_file: str, d
       cpu, memory: the Trainer's limits (Kubernetes notation); None leaves them unset.
       schema_file: the curated schema as the ImportSchemaGen pod sees it.
       enable_cache: let the orchestrator reuse a step whose inputs are unchanged.
+      trainer_workers: 1: the Trainer is one pod (gpus, gpu_type, cpu, memory). N > 1 (.json
+        only): it runs as a Vertex AI CustomJob of N replicas of machine_type, each with gpus x
+        gpu_type, in vertex_project / vertex_region (see vertex_training_config).
     """
     from tfx import v1 as tfx
 
     fmt = output_format(output_file)
     tfx_pipeline = build_pipeline(config, image, pipeline_root, data, serving_model_dir, fmt, gpus=gpus,
                                   gpu_type=gpu_type, cpu=cpu, memory=memory, beam_args=beam_args,
-                                  schema_file=schema_file, enable_cache=enable_cache)
+                                  schema_file=schema_file, enable_cache=enable_cache,
+                                  trainer_workers=trainer_workers, vertex_project=vertex_project,
+                                  vertex_region=vertex_region, machine_type=machine_type)
     runner_config = tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
         default_image=image, use_pipeline_spec_2_1=(fmt == "yaml"))
     output_dir = os.path.dirname(output_file) or "."

@@ -52,7 +52,8 @@ def evaluation_config(config: PipelineConfig):
 def create_pipeline(config: PipelineConfig, *, data: str, pipeline_root: str, serving_model_dir: str,
                     schema_file: str, preprocessing_fn: str, run_fn: str,
                     metadata_path: Optional[str] = None, enable_cache: bool = True,
-                    trainer_resources=None) -> tfx.dsl.Pipeline:
+                    trainer_resources=None, trainer_class=None,
+                    trainer_custom_config: Optional[dict] = None) -> tfx.dsl.Pipeline:
     """The DOLG-TFX pipeline.
 
     Args:
@@ -69,6 +70,9 @@ def create_pipeline(config: PipelineConfig, *, data: str, pipeline_root: str, se
       enable_cache: reuse a component's outputs when its inputs and parameters are unchanged.
       trainer_resources: optional callback(trainer) that sets platform resources (e.g. a GPU
         request on Kubeflow); local runs leave it None.
+      trainer_class, trainer_custom_config: another Trainer component class taking the same
+        arguments (e.g. tfx.extensions.google_cloud_ai_platform.Trainer, which trains in a
+        Vertex AI CustomJob) and the custom_config keys it reads; None: the standard Trainer.
     """
     example_gen = ImageExampleGen(input_base=data, eval_fraction=config.eval_fraction,
                                   max_bytes=config.max_bytes, max_pixels=config.max_pixels)
@@ -85,12 +89,13 @@ def create_pipeline(config: PipelineConfig, *, data: str, pipeline_root: str, se
         custom_config=transform_config(config))
     transform.add_upstream_node(gate)
 
-    trainer = tfx.components.Trainer(
+    trainer = (trainer_class or tfx.components.Trainer)(
         run_fn=run_fn, examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"], schema=schema.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=config.train_steps),
         eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=0),
-        custom_config={"config": config.trainer_json(), "backup_root": os.path.join(pipeline_root, "_trainer_backup")})
+        custom_config={"config": config.trainer_json(), "backup_root": os.path.join(pipeline_root, "_trainer_backup"),
+                       **(trainer_custom_config or {})})
     if trainer_resources is not None:
         trainer_resources(trainer)
 

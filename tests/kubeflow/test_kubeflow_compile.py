@@ -456,3 +456,62 @@ def test_docker_smoke_check_imports_work_here(capsys):
         assert f"import {module}" in code, module
     exec(compile(code, "Dockerfile smoke check", "exec"), {})
     assert "smoke check ok" in capsys.readouterr().out
+
+
+# Multi-worker training on Vertex AI (--trainer-workers)
+VERTEX = ["--vertex-project", "proj", "--vertex-region", "europe-west4"]
+
+
+def _trainer_custom_config(spec):
+    import json
+
+    return json.loads(param(spec, "Trainer", "custom_config"))
+
+
+def test_multi_worker_trainer_is_a_vertex_custom_job_with_worker_pools(tmp_path):
+    result, out = _compile_cli(tmp_path, "--trainer-workers", "3", *VERTEX, "--machine-type", "a2-highgpu-1g",
+                               "--gpus", "1", "--gpu-type", "NVIDIA_TESLA_A100", name="p.json")
+    assert result.exit_code == 0, result.output
+    _, spec = read_json_job(out)
+    args = list(task_executor(spec, "Trainer").container.args)
+    assert args[args.index("--executor_class_path") + 1] == \
+        "tfx.extensions.google_cloud_ai_platform.trainer.executor.GenericExecutor"
+    custom = _trainer_custom_config(spec)
+    assert custom["ai_platform_enable_vertex"] is True
+    assert custom["ai_platform_vertex_region"] == "europe-west4"
+    training_args = custom["ai_platform_training_args"]
+    assert training_args["project"] == "proj"
+    pools = training_args["job_spec"]["worker_pool_specs"]
+    machine = {"machine_type": "a2-highgpu-1g", "accelerator_type": "NVIDIA_TESLA_A100", "accelerator_count": 1}
+    assert [p["replica_count"] for p in pools] == [1, 2]  # the primary (chief), then the workers
+    assert all(p["machine_spec"] == machine and p["container_spec"] == {"image_uri": IMAGE} for p in pools)
+    assert training_args["job_spec"]["scheduling"] == {"restart_job_on_worker_restart": True}
+    # What run_fn reads is still there, and the backup is under the shared pipeline root.
+    assert custom["backup_root"] == f"{ROOT}/_trainer_backup" and "config" in custom
+    assert param(spec, "Trainer", "run_fn") == "pipeline.trainer.run_fn"
+    # The Trainer step only launches the job: it asks for no accelerator itself.
+    assert not task_executor(spec, "Trainer").container.resources.HasField("accelerator")
+
+
+def test_single_worker_compile_is_unchanged_by_the_multi_worker_option(tmp_path):
+    default, out_default = _compile_cli(tmp_path, name="a.json")
+    explicit, out_explicit = _compile_cli(tmp_path, "--trainer-workers", "1", *VERTEX, name="b.json")
+    assert default.exit_code == 0 and explicit.exit_code == 0, default.output + explicit.output
+    _, a = read_json_job(out_default)
+    _, b = read_json_job(out_explicit)
+    assert json_format.MessageToDict(a) == json_format.MessageToDict(b)
+    args = list(task_executor(a, "Trainer").container.args)
+    assert args[args.index("--executor_class_path") + 1] == "tfx.components.trainer.executor.GenericExecutor"
+    assert sorted(_trainer_custom_config(a)) == ["backup_root", "config"]
+    assert task_executor(a, "Trainer").container.resources.accelerator.count == 1
+
+
+def test_multi_worker_refuses_yaml_and_missing_vertex_fields(tmp_path):
+    result, out = _compile_cli(tmp_path, "--trainer-workers", "2", *VERTEX, name="p.yaml")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert ".json" in result.output and "one pod" in result.output and not out.exists()
+    result, out = _compile_cli(tmp_path, "--trainer-workers", "2", "--vertex-region", "r", name="p.json")
+    assert result.exit_code == 1 and "vertex_project is required" in result.output and not out.exists()
+    result, out = _compile_cli(tmp_path, "--trainer-workers", "2", *VERTEX, "--gpu-type", "nvidia.com/gpu",
+                               name="p.json")
+    assert result.exit_code == 1 and "gpu_type" in result.output and not out.exists()
