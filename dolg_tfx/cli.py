@@ -28,7 +28,7 @@ def env_cmd():
 from dolg_tfx import (cli_evaluate, cli_index, cli_kubeflow, cli_model,  # noqa: E402
                       cli_pipeline, cli_serving)
 
-for _command in (cli_pipeline.run, cli_pipeline.demo, cli_model.explain, cli_serving.embed,
+for _command in (cli_pipeline.run, cli_pipeline.demo, cli_pipeline.report, cli_model.explain, cli_serving.embed,
                  cli_index.index_group, cli_index.search, cli_evaluate.evaluate, cli_kubeflow.kubeflow):
     main.add_command(_command)
 

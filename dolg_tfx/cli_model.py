@@ -20,7 +20,7 @@ def explain(image, model_dir, output, alpha):
     from PIL import Image, ImageOps
 
     from components.retrieval import serving_contract
-    from components.retrieval.embedder import served_attention_map
+    from components.retrieval.embedder import Embedder
     from dolg_model import explain as explain_lib
 
     # tf.io.gfile, not open/os.path: the image and the model may be URIs (gs://, ram://).
@@ -44,7 +44,7 @@ def explain(image, model_dir, output, alpha):
     except Exception as err:  # Pillow raises many types for bad files
         raise click.ClickException(f"{image}: cannot read the image ({err})")
     if serving_contract.has_signature(exported, serving_contract.ATTENTION_SIGNATURE):
-        heat = explain_lib.unit_range(served_attention_map(exported, data))
+        heat = explain_lib.unit_range(Embedder(exported).attention_map(data))
     else:  # a Keras save of the descriptor (.keras, .h5, or a version folder without signatures)
         heat = explain_lib.attention_map(explain_lib.load_descriptor_model(exported), rgb)
     explain_lib.with_colour_bar(explain_lib.overlay(rgb, heat, alpha)).save(output, format="PNG")

@@ -4,15 +4,41 @@ import os
 import click
 
 
-def _run_pipeline(config, data, output, **kwargs):
-    """local_runner.run with its refusals (output held by another run, an unreadable
-    artifact) as one-line CLI errors."""
-    from pipeline import local_runner, run_lock
+def _run_pipeline(config, data, output, verbose, preset, after=None, **kwargs):
+    """local_runner.run behind a quiet console (one line per component; everything in a log
+    file under the output; the whole stream with --verbose), then the run's report.html.
+    ``after(summary) -> str`` runs inside the console too (its noise goes to the log).
+    Returns (summary, report path, log path, after's text); refusals (output held by another run, an
+    unreadable artifact) become one-line CLI errors."""
+    import datetime
 
+    from pipeline import local_runner, run_facts, run_lock, run_report
+    from pipeline.console import ComponentLines, Console
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    log_path = os.path.join(os.path.abspath(output), "logs", f"run-{stamp}.log")
+    layout = local_runner.Layout(os.path.abspath(output))
     try:
-        return local_runner.run(config, data, output, **kwargs)
+        with Console(log_path, verbose) as console:
+            console.say(f"Running the pipeline on {os.path.abspath(data)} (preset {preset}); "
+                        f"full log: {log_path}")
+            lines = ComponentLines(console, lambda name: run_facts.component_result(layout, name, config))
+            summary = local_runner.run(config, data, output, verbose=verbose, preset=preset, watch=lines,
+                                       **kwargs)
+            console.say("Writing the report ...")
+            report = run_report.write_report(layout.output)
+            extra = after(summary) if after is not None else ""
     except (run_lock.RunLocked, local_runner.ArtifactUnreadable) as err:
         raise click.ClickException(str(err))
+    return summary, report, log_path, extra
+
+
+def _closing_lines(summary, report, log_path):
+    from pipeline import local_runner
+
+    click.echo(local_runner.format_summary(summary))
+    click.echo(f"Report: {report}")
+    click.echo(f"Full log: {log_path}")
 
 
 def _load(preset, config_file, overrides=None):
@@ -37,15 +63,16 @@ def _load(preset, config_file, overrides=None):
 @click.option("--beam-mode", type=click.Choice(["in_memory", "multi_processing"]), default=None,
               help="Beam DirectRunner mode (default: the config's; multi_processing uses --beam-workers).")
 @click.option("--beam-workers", type=click.IntRange(min=1), default=None)
-@click.option("-v", "--verbose", is_flag=True, help="Show TFX's INFO logs.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show every log line (TFX, TensorFlow, Beam) on the console too; the full log is "
+                   "always kept in OUTPUT/logs/.")
 def run(data, output, config_file, preset, no_cache, beam_mode, beam_workers, verbose):
-    """Run the whole pipeline on your images and print a summary."""
-    from pipeline import local_runner
-
+    """Run the whole pipeline on your images, print a summary and write report.html."""
     overrides = {k: v for k, v in (("beam_mode", beam_mode), ("beam_workers", beam_workers)) if v}
     config = _load(preset, config_file, overrides)
-    summary = _run_pipeline(config, data, output, enable_cache=not no_cache, verbose=verbose)
-    click.echo(local_runner.format_summary(summary))
+    summary, report, log_path, _ = _run_pipeline(config, data, output, verbose, preset,
+                                                  enable_cache=not no_cache)
+    _closing_lines(summary, report, log_path)
 
 
 @click.command()
@@ -54,11 +81,13 @@ def run(data, output, config_file, preset, no_cache, beam_mode, beam_workers, ve
 @click.option("--views", default=12, show_default=True, help="Views of each landmark.")
 @click.option("--preset", default="cpu-demo", show_default=True)
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("-v", "--verbose", is_flag=True, help="Show TFX's INFO logs.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show every log line (TFX, TensorFlow, Beam) on the console too; the full log is "
+                   "always kept in OUTPUT/logs/.")
 def demo(output, landmarks, views, preset, config_file, verbose):
     """Generate synthetic landmarks, run the pipeline, compare trained and untrained mAP,
     and query the pushed model."""
-    from pipeline import demo_report, local_runner
+    from pipeline import demo_report
     from pipeline.demo_data import generate_landmarks
 
     config = _load(preset, config_file)
@@ -67,7 +96,21 @@ def demo(output, landmarks, views, preset, config_file, verbose):
         info = generate_landmarks(data, n_landmarks=landmarks, views_per_landmark=views,
                                   size=max(160, config.model.image_size), seed=0)
         click.echo(f"Generated {info['n_images']} images of {landmarks} synthetic landmarks in {os.path.abspath(data)}")
-    click.echo("Running the pipeline (ExampleGen, statistics, schema, Transform, Trainer, Evaluator, Pusher)...")
-    summary = _run_pipeline(config, data, os.path.join(output, "run"), verbose=verbose)
-    click.echo(local_runner.format_summary(summary))
-    click.echo(demo_report.report(config, summary))
+    summary, report, log_path, closing = _run_pipeline(
+        config, data, os.path.join(output, "run"), verbose, preset,
+        after=lambda summary: demo_report.report(config, summary))
+    click.echo(closing)
+    _closing_lines(summary, report, log_path)
+
+
+@click.command()
+@click.argument("output", type=click.Path(exists=True, file_okay=False))
+def report(output):
+    """Write OUTPUT/report.html again for a run's output folder (`run --output`, or a demo's
+    OUTPUT/run)."""
+    from pipeline import local_runner, run_report
+
+    try:
+        click.echo(f"wrote {run_report.write_report(os.path.abspath(output))}")
+    except (local_runner.ArtifactUnreadable, RuntimeError) as err:
+        raise click.ClickException(str(err))

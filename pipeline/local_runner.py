@@ -6,9 +6,12 @@ first removes version folders a killed push left incomplete in the serving folde
 rerun after a SIGKILL anywhere finds only complete versions and a free lock.
 Artifacts are read through TFX's fileio, so the summary works whatever filesystem holds them.
 """
+import contextlib
 import dataclasses
 import json
+import logging as std_logging
 import os
+from typing import Optional
 
 from absl import logging
 
@@ -37,19 +40,27 @@ class Layout:
 
 
 def run(config: PipelineConfig, data: str, output: str, enable_cache: bool = True,
-        verbose: bool = True) -> dict:
+        verbose: bool = True, preset: Optional[str] = None,
+        watch: Optional[std_logging.Handler] = None) -> dict:
     """Runs the whole pipeline on `data` into `output` and returns summarise()'s dict.
 
-    verbose=False keeps TFX's per-component INFO logs (protos and all) off the console."""
+    Args:
+      verbose: False keeps TFX's per-component INFO logs (protos and all) out of the log
+        stream, unless `watch` needs them.
+      preset: the preset the config came from, recorded in the run manifest.
+      watch: a logging handler that sees every record of the run (the CLI's console turns
+        TFX's component records into progress lines).
+    """
     layout = Layout(os.path.abspath(output))
     # The lock first: a refused run stops before the seconds TFX takes to import.
-    with run_lock.hold(layout.output) as killed:
+    with run_lock.hold(layout.output) as killed, _watching(watch):
         from tfx import v1 as tfx
 
         from pipeline.pipeline import create_pipeline
         from components.retrieval.model_versions import remove_incomplete_versions
 
-        logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+        write_manifest(layout, config, data, preset)
+        logging.set_verbosity(logging.INFO if verbose or watch is not None else logging.WARNING)
         if killed:
             logging.warning("The previous run on %s (%s) ended without releasing its lock; taking over.",
                             layout.output, run_lock.describe(killed))
@@ -61,6 +72,34 @@ def run(config: PipelineConfig, data: str, output: str, enable_cache: bool = Tru
             preprocessing_fn=PREPROCESSING_FN, run_fn=RUN_FN,
             metadata_path=layout.metadata_path, enable_cache=enable_cache))
         return summarise(layout)
+
+
+@contextlib.contextmanager
+def _watching(handler):
+    if handler is None:
+        yield
+        return
+    root = std_logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+
+
+def write_manifest(layout, config: PipelineConfig, data: str, preset: Optional[str]) -> None:
+    """``run.json``: what this run was asked to do, for the report (``run_facts``)."""
+    import datetime
+    import sys
+
+    from pipeline import run_facts
+
+    manifest = {"started": datetime.datetime.now().isoformat(timespec="seconds"),
+                "data": os.path.abspath(data), "output": layout.output, "preset": preset,
+                "config": json.loads(config.to_json()), "versions": run_facts.stack_versions(),
+                "command": sys.argv}
+    with open(os.path.join(layout.output, run_facts.RUN_MANIFEST), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1, default=str)
 
 
 def _store(layout):

@@ -6,11 +6,14 @@
 #   tools/devenv.sh which                print the chosen path: native or rootfs
 #   tools/devenv.sh lock                 re-resolve the dependencies and rewrite the lock file
 #   tools/devenv.sh install-launcher DIR write DIR/dolg-tfx, which runs the CLI in this environment
+#   tools/devenv.sh packages PKG...      Debian packages the tests need (e.g. chromium), installed
+#                                        into the environment's system where missing
 #
 # Why two paths: TFX 1.21's ml-metadata and TFDV wheels are manylinux_2_39 only, so a host
 # with glibc < 2.39 (Debian 12) cannot install them. There we build a Debian 13 root
 # filesystem once (debootstrap, cached outside the repo) and, in a private mount namespace,
-# put its /usr (and, on a host without merged /usr, its /bin, /lib, ...) over the host's.
+# put its /usr (and, on a host without merged /usr, its /bin, /lib, ...) over the host's, and
+# its /etc under the host's (an overlay where the host's files win).
 # Nothing else moves: /home, /tmp, /data, network mounts, the repository and the caller's
 # working directory are where they are on the host, so every path means the same thing inside
 # and out. The venv lives inside the tree's /usr, so it appears with it and hides nothing.
@@ -135,6 +138,10 @@ rootfs_exec() {
     for d in $dirs; do   # a host without merged /usr keeps real /bin, /lib...: cover them too
       if [ -d "/$d" ] && [ ! -L "/$d" ] && [ -d "$root/usr/$d" ]; then mount --bind "$root/usr/$d" "/$d"; fi
     done
+    # /etc stays the host'"'"'s (users, resolver, certificates, pip settings); what only the tree
+    # has (configuration of packages installed into it, e.g. /etc/chromium.d) shows through
+    # from below. Read-only: nothing here is meant to change the host'"'"'s /etc.
+    mount -t overlay "$root/etc" -o "lowerdir=/etc:$root/etc" /etc 2>/dev/null || true
     # The loader cache and alternatives name files of the tree, not of the host.
     mount --bind "$root/etc/ld.so.cache" /etc/ld.so.cache
     [ -d /etc/alternatives ] && mount --bind "$root/etc/alternatives" /etc/alternatives
@@ -159,6 +166,33 @@ rootfs_run() {
   need_root
   [ -x "$ROOTFS$IN_VENV/bin/python" ] || die "no environment yet: run 'make setup' in $REPO"
   rootfs_exec "$@"
+}
+
+# ---------------------------------------------------------------- Debian packages
+# The tests' own system needs (a headless browser for the report test). Installed where the
+# environment's programs come from: the host on the native path, the tree on the rootfs path
+# (with apt run inside the tree, so the host's package database is never touched).
+native_packages() {
+  dpkg-query -W "$@" >/dev/null 2>&1 && return 0
+  [ "$(id -u)" = 0 ] || die "missing Debian packages $*: install them (apt-get install $*) or run as root"
+  log "installing $* with apt"
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+rootfs_packages() {
+  need_root
+  build_rootfs
+  chroot "$ROOTFS" dpkg-query -W "$@" >/dev/null 2>&1 && return 0
+  log "installing $* into $ROOTFS with apt"
+  cp -f /etc/resolv.conf "$ROOTFS/etc/resolv.conf" 2>/dev/null || true
+  unshare --mount --propagation private -- /bin/bash -c '
+    set -e
+    root=$1; shift
+    mount -t proc proc "$root/proc"
+    mount --rbind /dev "$root/dev"
+    chroot "$root" apt-get update -qq
+    chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+    ' _ "$ROOTFS" "$@" >&2
 }
 
 # ---------------------------------------------------------------- launcher
@@ -188,6 +222,11 @@ case "$cmd" in
     "$(choose)_run" "$@"
     ;;
   install-launcher) install_launcher "$@" ;;
+  packages)
+    [ $# -gt 0 ] || die "usage: devenv.sh packages PKG..."
+    # Inside already: the path this environment was entered on decides where packages go.
+    "${DOLG_TFX_ENV_PATH:-$(choose)}_packages" "$@"
+    ;;
   lock)
     path=$(choose)
     "${path}_setup"
@@ -196,5 +235,5 @@ case "$cmd" in
       echo '# as constraints, so every machine gets the same set.';
       pip freeze --exclude-editable 2>/dev/null | grep -v '^-e'; } > $LOCK.new && mv $LOCK.new $LOCK" )
     ;;
-  *) die "usage: devenv.sh setup | run CMD... | which | lock | install-launcher DIR" ;;
+  *) die "usage: devenv.sh setup | run CMD... | which | lock | install-launcher DIR | packages PKG..." ;;
 esac

@@ -128,6 +128,18 @@ class Embedder:
                              f"{sorted(self._fn.structured_outputs)}, expected {EMBEDDING_OUTPUT!r}")
         self.dim = self._fn.structured_outputs[EMBEDDING_OUTPUT].shape[-1]
 
+    def attention_map(self, image_bytes: bytes) -> np.ndarray:
+        """The raw local attention map [H, W] of one encoded image, laid over its pixels by the
+        model's attention signature (pipeline/signatures.py).
+
+        Raises:
+          ValueError: the model has no attention signature (e.g. a bare Keras save).
+        """
+        if ATTENTION_SIGNATURE not in self._loaded.signatures:
+            raise ValueError(f"{self.model_dir}: no {ATTENTION_SIGNATURE!r} signature")
+        out = self._loaded.signatures[ATTENTION_SIGNATURE](**{ATTENTION_INPUT: tf.constant(image_bytes)})
+        return out[ATTENTION_OUTPUT].numpy()
+
     def embed_bytes(self, blobs: Sequence[bytes]) -> np.ndarray:
         """Embeds encoded images in one call; raises tf.errors.OpError if any is bad."""
         images = tf.constant(list(blobs), dtype=tf.string)
@@ -220,9 +232,3 @@ class Embedder:
                            failures=[f for _, f in failures],
                            paths=[paths[i] for i in out_pos])
 
-
-def served_attention_map(model_dir: str, image_bytes: bytes) -> np.ndarray:
-    """The raw local attention map [H, W] from an exported model's attention signature, laid
-    over the image's pixels by the model itself (pipeline/signatures.py)."""
-    signature = tf.saved_model.load(str(model_dir)).signatures[ATTENTION_SIGNATURE]
-    return signature(**{ATTENTION_INPUT: tf.constant(image_bytes)})[ATTENTION_OUTPUT].numpy()
