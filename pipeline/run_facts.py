@@ -61,12 +61,13 @@ def stack_versions() -> dict:
 
 
 def component_times(layout) -> dict:
-    """{component id: (state, seconds)} for the latest run, from ML Metadata's timestamps."""
+    """{component id: (state, seconds)} for the latest run in the order they started, from ML
+    Metadata's timestamps."""
     from pipeline import local_runner
 
     _, _, executions = local_runner.latest_run_executions(layout)
     out = {}
-    for name, execution in executions.items():
+    for name, execution in sorted(executions.items(), key=lambda item: item[1].create_time_since_epoch):
         seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000.0
         out[name] = (local_runner._state(execution), max(seconds, 0.0))
     return out

@@ -115,7 +115,7 @@ def _held_out_pictures(summary: dict, n_queries: int = 4, k: int = 5, n_attentio
 def _section_run(manifest, times, total) -> str:
     rows = [("started", manifest.get("started", "?")), ("data", manifest.get("data", "?")),
             ("output", manifest.get("output", "?")), ("preset", manifest.get("preset", "?")),
-            ("wall time", f"{total:.1f} s")]
+            ("components' time (sum)", f"{total:.1f} s")]
     versions = manifest.get("versions", {})
     parts = [_table(rows),
              "<h3>Components</h3>",
