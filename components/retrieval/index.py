@@ -1,38 +1,49 @@
-"""A gallery index over L2-normalised embeddings: exact numpy search or faiss HNSW.
+"""A gallery index over L2-normalised embeddings: exact search, faiss HNSW or faiss IVF-PQ.
 
 Scores are inner products, i.e. cosine similarities for the model's L2-normalised embeddings.
-Two backends, same results up to the ANN's recall:
+Three backends; which one a size calls for is ``choose_backend``'s rule:
 
 * ``exact``: blocked matrix products plus ``argpartition`` for the top k, O(N D) per query and
-  never an N x N matrix. Best for small galleries and the reference for the ANN.
-* ``hnsw``: faiss ``IndexHNSWFlat`` with the inner-product metric. It stores the full vectors,
-  so returned scores are exact; only which neighbours are found is approximate.
-
-``auto`` picks HNSW from ``AUTO_ANN_MIN`` gallery images when faiss imports, exact otherwise.
+  never an N x N matrix. Below ``AUTO_ANN_MIN`` images, and the reference for the others.
+* ``hnsw``: faiss ``IndexHNSWFlat`` (inner product). It stores the full vectors, so scores are
+  exact; only which neighbours are found is approximate. Needs N x D x 4 bytes of memory.
+* ``ivfpq``: faiss ``IndexIVFPQ``: an inverted file of product-quantised codes (``pq_m`` bytes
+  a vector), for galleries whose vectors do not fit the memory budget. Its candidates are
+  re-ranked with the exact vectors, read from the memory-mapped shards on disk, so returned
+  scores are exact here too.
 
 On disk (``save``/``load``) an index is a directory::
 
-    ids.json         the gallery ids, in row order
-    embeddings.npy   float32 [count, dim]
-    faiss.index      the HNSW graph (hnsw backend only)
-    meta.json        format, model, dim, count, backend, hnsw parameters, labels, paths
+    ids.json                       the gallery ids, in row order
+    embeddings-SSSSS-of-NNNNN.npy  float32 rows in shards of at most SHARD_ROWS, row order
+    faiss.index                    the HNSW graph or the IVF-PQ codes (those backends only)
+    meta.json                      format, model, dim, count, backend, parameters, shards,
+                                   labels, paths
 
-``meta.json`` is written last, so a directory with it is complete.
+``meta.json`` is written last, so a directory with it is complete. ``load`` maps the shards
+(numpy mmap): the HNSW and IVF-PQ backends never read all the vectors into memory.
 """
 from __future__ import annotations
 
+import glob
 import json
+import math
 import os
 import warnings
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
-FORMAT, FORMAT_VERSION = "dolg-tfx-gallery-index", 1
-BACKENDS = ("auto", "exact", "hnsw")
+FORMAT, FORMAT_VERSION = "dolg-tfx-gallery-index", 2
+BACKENDS = ("auto", "exact", "hnsw", "ivfpq")
 # Below this many images exact search takes well under a millisecond per query and is
-# exact: an HNSW graph would only add build time and approximation.
+# exact: an ANN structure would only add build time and approximation.
 AUTO_ANN_MIN = 20_000
+# The float32 vectors an in-memory backend (exact, HNSW) may hold; above it, IVF-PQ.
+DEFAULT_MEMORY_BUDGET = 16 * 2**30
+SHARD_ROWS = 100_000  # 200 MB shards at 512 dimensions
+# IVF-PQ: candidates re-ranked exactly per result, and the probe count.
+RERANK, NPROBE = 8, 32
 # Exact search holds one [rows, N] float32 score block; rows shrink so that it stays under
 # this many elements (256 MB), e.g. ~88 query rows at a time against GLDv2's 762k index.
 _MAX_BLOCK_ELEMENTS = 64 * 1024 * 1024
@@ -47,6 +58,27 @@ def faiss_or_none():
     return faiss
 
 
+def choose_backend(count: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                   faiss_available: bool = True) -> str:
+    """The backend for ``count`` vectors of ``dim`` floats: exact below AUTO_ANN_MIN (or
+    without faiss), IVF-PQ when the vectors exceed ``memory_budget`` bytes, HNSW otherwise."""
+    if count < AUTO_ANN_MIN or not faiss_available:
+        return "exact"
+    if count * dim * 4 > memory_budget:
+        return "ivfpq"
+    return "hnsw"
+
+
+def ivfpq_parameters(count: int, dim: int):
+    """(nlist, pq_m, nbits): about 4 sqrt(N) lists, the largest of 64/32/16/8/4/2/1
+    sub-quantisers that divides ``dim``, and 8 bits per code (6 at a 3,000-image gallery):
+    faiss trains each of the 2^nbits and nlist centroids from >= 39 points."""
+    nlist = max(1, min(int(4 * math.sqrt(count)), count // 39))
+    pq_m = next(m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0 and m <= dim)
+    nbits = min(8, max(1, int(math.log2(max(count, 78) / 39))))
+    return nlist, pq_m, nbits
+
+
 def exact_search(queries: np.ndarray, database: np.ndarray, k: int, block_size: int = 1024):
     """Top-k database rows by inner product for each query, exactly.
 
@@ -58,7 +90,7 @@ def exact_search(queries: np.ndarray, database: np.ndarray, k: int, block_size: 
       (scores, indices): ``[n_queries, min(k, N)]`` float32 and int64, best first.
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    db = np.ascontiguousarray(database, dtype=np.float32)
+    db = np.asarray(database, dtype=np.float32)
     n = db.shape[0]
     k = min(int(k), n)
     out_s = np.zeros((q.shape[0], k), np.float32)
@@ -84,50 +116,118 @@ def exact_search(queries: np.ndarray, database: np.ndarray, k: int, block_size: 
     return out_s, out_i
 
 
-class GalleryIndex:
-    """Gallery ids, embeddings and optional labels/paths, searchable by inner product."""
+def _top_k(scores: np.ndarray, rows: np.ndarray, k: int):
+    """Per query, the k best (score desc, row asc) of candidate columns; -1 rows are absent."""
+    scores = np.where(rows < 0, -np.inf, scores)
+    out_s = np.zeros((scores.shape[0], k), np.float32)
+    out_i = np.full((scores.shape[0], k), -1, np.int64)
+    for r in range(scores.shape[0]):
+        order = np.lexsort((rows[r], -scores[r]))[:k]
+        out_s[r], out_i[r] = scores[r, order], rows[r, order]
+    return out_s, out_i
 
-    def __init__(self, ids: Sequence[str], embeddings: np.ndarray,
-                 labels: Optional[Sequence[str]] = None, paths: Optional[Sequence[str]] = None,
-                 model: Optional[str] = None, backend: str = "auto", hnsw_m: int = 32,
-                 ef_construction: int = 200, ef_search: int = 128, _faiss_index=None):
-        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        if emb.ndim != 2:
-            raise ValueError(f"embeddings must be [N, D], got shape {emb.shape}")
-        if len(ids) != emb.shape[0]:
-            raise ValueError(f"{len(ids)} ids for {emb.shape[0]} embeddings")
+
+class GalleryIndex:
+    """Gallery ids, embeddings (one array or row-ordered shards) and optional labels/paths,
+    searchable by inner product."""
+
+    def __init__(self, ids: Sequence[str], embeddings, labels: Optional[Sequence[str]] = None,
+                 paths: Optional[Sequence[str]] = None, model: Optional[str] = None,
+                 backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                 hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 128,
+                 nlist: Optional[int] = None, pq_m: Optional[int] = None, nbits: Optional[int] = None,
+                 nprobe: int = NPROBE,
+                 _faiss_index=None, _check_finite: bool = True):
+        shards = [embeddings] if isinstance(embeddings, np.ndarray) else list(embeddings)
+        shards = [s if isinstance(s, np.memmap) else np.ascontiguousarray(s, dtype=np.float32) for s in shards]
+        if not shards or any(s.ndim != 2 for s in shards) or len({s.shape[1] for s in shards}) != 1:
+            raise ValueError(f"embeddings must be [N, D] (or shards of one D), got {[s.shape for s in shards]}")
+        count = sum(s.shape[0] for s in shards)
+        if len(ids) != count:
+            raise ValueError(f"{len(ids)} ids for {count} embeddings")
         if len(set(ids)) != len(ids):
             raise ValueError("gallery ids must be unique")
         for name, seq in (("labels", labels), ("paths", paths)):
             if seq is not None and len(seq) != len(ids):
                 raise ValueError(f"{len(seq)} {name} for {len(ids)} ids")
-        if not np.all(np.isfinite(emb)):
+        if _check_finite and not all(np.all(np.isfinite(s)) for s in shards):
             raise ValueError("embeddings contain NaN or inf")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.ids, self.embeddings = list(ids), emb
+        self.ids, self._shards = list(ids), shards
+        self._starts = np.cumsum([0] + [s.shape[0] for s in shards])
         self.labels = None if labels is None else [str(v) for v in labels]
         self.paths = None if paths is None else [str(v) for v in paths]
         self.model = model
         self.hnsw_m, self.ef_construction, self.ef_search = hnsw_m, ef_construction, ef_search
+        default_nlist, default_m, default_bits = ivfpq_parameters(max(count, 1), self.dim)
+        self.nlist, self.pq_m, self.nprobe = nlist or default_nlist, pq_m or default_m, nprobe
+        self.nbits = nbits or default_bits
         faiss = faiss_or_none()
         if backend == "auto":
-            backend = "hnsw" if faiss is not None and len(ids) >= AUTO_ANN_MIN else "exact"
-        if backend == "hnsw" and faiss is None:
-            raise ImportError("backend 'hnsw' needs faiss (pip install faiss-cpu)")
+            backend = choose_backend(count, self.dim, memory_budget, faiss is not None)
+        if backend in ("hnsw", "ivfpq") and faiss is None:
+            raise ImportError(f"backend {backend!r} needs faiss (pip install faiss-cpu)")
         self.backend = backend
         self._faiss = _faiss_index
-        if backend == "hnsw" and self._faiss is None and len(ids):
-            self._faiss = faiss.IndexHNSWFlat(self.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            self._faiss.hnsw.efConstruction = ef_construction
-            self._faiss.add(emb)
+        if self._faiss is None and count and backend != "exact":
+            self._faiss = self._build_faiss(faiss)
+
+    def _build_faiss(self, faiss):
+        if self.backend == "hnsw":
+            index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = self.ef_construction
+        else:
+            quantizer = faiss.IndexFlatIP(self.dim)
+            index = faiss.IndexIVFPQ(quantizer, self.dim, self.nlist, self.pq_m, self.nbits,
+                                     faiss.METRIC_INNER_PRODUCT)
+            # Training needs a sample, not the gallery: 256 points per list is plenty.
+            n = len(self)
+            take = np.sort(np.random.default_rng(0).choice(n, min(n, max(256 * self.nlist, 100_000)), replace=False))
+            index.train(self._rows(take))
+        for shard in self._shards:
+            index.add(np.ascontiguousarray(shard, dtype=np.float32))
+        return index
 
     @property
     def dim(self) -> int:
-        return int(self.embeddings.shape[1])
+        return int(self._shards[0].shape[1])
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """All the vectors as one in-memory array (reads every shard)."""
+        return np.concatenate([np.asarray(s) for s in self._shards]) if len(self._shards) > 1 \
+            else np.asarray(self._shards[0])
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of global ``rows`` (any shape), gathered from the shards."""
+        flat = np.asarray(rows, np.int64).ravel()
+        out = np.empty((flat.size, self.dim), np.float32)
+        shard_of = np.searchsorted(self._starts, flat, side="right") - 1
+        for s in np.unique(shard_of):
+            sel = np.flatnonzero(shard_of == s)
+            out[sel] = self._shards[s][flat[sel] - self._starts[s]]
+        return out.reshape(*np.shape(rows), self.dim)
+
+    def _exact(self, q: np.ndarray, k: int):
+        if len(self._shards) == 1:
+            return exact_search(q, self._shards[0], k)
+        parts = [exact_search(q, shard, k) for shard in self._shards]
+        scores = np.concatenate([p[0] for p in parts], axis=1)
+        rows = np.concatenate([p[1] + start for p, start in zip(parts, self._starts)], axis=1)
+        return _top_k(scores, rows, k)
+
+    def answered_by(self, exact: bool = False) -> str:
+        """The backend a ``search(..., exact=exact)`` uses, with its parameters."""
+        if exact or self.backend == "exact":
+            return f"exact over {len(self)} vectors"
+        if self.backend == "hnsw":
+            return f"hnsw (M={self.hnsw_m}, efSearch={self.ef_search}) over {len(self)} vectors"
+        return (f"ivfpq (nlist={self.nlist}, m={self.pq_m}x{self.nbits} bits, nprobe={self.nprobe}, exact re-rank of "
+                f"{RERANK}k) over {len(self)} vectors")
 
     def search(self, queries: np.ndarray, k: int = 10, exact: bool = False):
         """Top-k gallery rows per query.
@@ -143,34 +243,47 @@ class GalleryIndex:
             raise ValueError(f"queries have dim {q.shape[1]}, the index has {self.dim}")
         k = min(int(k), len(self))
         if self.backend == "exact" or exact or k == 0:
-            return exact_search(q, self.embeddings, k)
-        # efSearch bounds the candidate list: it must be at least k to return k results.
-        self._faiss.hnsw.efSearch = max(self.ef_search, k)
-        scores, indices = self._faiss.search(np.ascontiguousarray(q), k)
-        scores, indices = scores.astype(np.float32), indices.astype(np.int64)
+            return self._exact(q, k)
+        q = np.ascontiguousarray(q)
+        if self.backend == "hnsw":
+            # efSearch bounds the candidate list: it must be at least k to return k results.
+            self._faiss.hnsw.efSearch = max(self.ef_search, k)
+            scores, indices = self._faiss.search(q, k)
+            scores, indices = scores.astype(np.float32), indices.astype(np.int64)
+        else:
+            self._faiss.nprobe = self.nprobe
+            _, cand = self._faiss.search(q, min(RERANK * k, len(self)))
+            exact_scores = np.einsum("qd,qcd->qc", q, self._rows(np.maximum(cand, 0)))
+            scores, indices = _top_k(exact_scores, cand, k)
         short = np.flatnonzero(np.any(indices < 0, axis=1))
-        if short.size:  # HNSW found fewer than k (a disconnected graph): answer those exactly
-            scores[short], indices[short] = exact_search(q[short], self.embeddings, k)
+        if short.size:  # fewer than k found (sparse lists, a disconnected graph): answer exactly
+            scores[short], indices[short] = self._exact(q[short], k)
         return scores, indices
 
-    def save(self, directory: str) -> None:
+    def save(self, directory: str, shard_rows: int = SHARD_ROWS) -> None:
         """Writes the index directory (see the module docstring); meta.json last."""
         os.makedirs(directory, exist_ok=True)
         meta_path = os.path.join(directory, "meta.json")
         if os.path.exists(meta_path):
             os.remove(meta_path)  # the directory is incomplete until meta.json is back
+        # An earlier build's shards, v1 file or graph must not outlive it.
+        for stale in glob.glob(os.path.join(directory, "embeddings*.npy")) + [os.path.join(directory, "faiss.index")]:
+            if os.path.exists(stale):
+                os.remove(stale)
         with open(os.path.join(directory, "ids.json"), "w", encoding="utf-8") as f:
             json.dump(self.ids, f)
-        np.save(os.path.join(directory, "embeddings.npy"), self.embeddings)
-        faiss_path = os.path.join(directory, "faiss.index")
-        if self.backend == "hnsw" and self._faiss is not None:
-            faiss_or_none().write_index(self._faiss, faiss_path)
-        elif os.path.exists(faiss_path):
-            os.remove(faiss_path)  # a stale graph from an earlier build must not be loaded
+        n_shards = max(1, math.ceil(len(self) / shard_rows))
+        names = [f"embeddings-{i:05d}-of-{n_shards:05d}.npy" for i in range(n_shards)]
+        for i, name in enumerate(names):
+            rows = np.arange(i * shard_rows, min((i + 1) * shard_rows, len(self)))
+            np.save(os.path.join(directory, name), self._rows(rows) if len(self) else np.zeros((0, self.dim), np.float32))
+        if self._faiss is not None:
+            faiss_or_none().write_index(self._faiss, os.path.join(directory, "faiss.index"))
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model,
-                "dim": self.dim, "count": len(self), "backend": self.backend,
+                "dim": self.dim, "count": len(self), "backend": self.backend, "shards": names,
                 "hnsw": {"m": self.hnsw_m, "ef_construction": self.ef_construction,
                          "ef_search": self.ef_search},
+                "ivfpq": {"nlist": self.nlist, "m": self.pq_m, "nbits": self.nbits, "nprobe": self.nprobe},
                 "labels": self.labels, "paths": self.paths}
         with open(meta_path + ".tmp", "w", encoding="utf-8") as f:
             json.dump(meta, f)
@@ -178,38 +291,42 @@ class GalleryIndex:
 
     @classmethod
     def load(cls, directory: str, backend: Optional[str] = None) -> "GalleryIndex":
-        """Reads an index directory; ``backend='exact'`` ignores a saved HNSW graph.
-
-        A saved HNSW index loads as exact search (with a warning) when faiss is missing.
+        """Reads an index directory, mapping its shards; ``backend='exact'`` ignores a saved
+        faiss index. A saved faiss index loads as exact search (with a warning) without faiss.
         """
         meta_path = os.path.join(directory, "meta.json")
         if not os.path.isfile(meta_path):
             raise FileNotFoundError(f"{directory}: no meta.json (not an index, or incomplete)")
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
-        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{directory}: not a {FORMAT} v{FORMAT_VERSION} index")
+        if meta.get("format") != FORMAT or meta.get("format_version") not in (1, FORMAT_VERSION):
+            raise ValueError(f"{directory}: not a {FORMAT} v1/v{FORMAT_VERSION} index")
         with open(os.path.join(directory, "ids.json"), encoding="utf-8") as f:
             ids = json.load(f)
-        emb = np.load(os.path.join(directory, "embeddings.npy"), allow_pickle=False)
-        if emb.shape != (meta["count"], meta["dim"]) or len(ids) != meta["count"]:
-            raise ValueError(f"{directory}: files disagree with meta.json "
-                             f"({len(ids)} ids, embeddings {emb.shape}, meta count {meta['count']})")
+        names: List[str] = meta.get("shards") or ["embeddings.npy"]  # v1: one file
+        shards = [np.load(os.path.join(directory, n), mmap_mode="r", allow_pickle=False) for n in names]
+        rows = sum(s.shape[0] for s in shards)
+        if rows != meta["count"] or len(ids) != meta["count"] or any(s.shape[1:] != (meta["dim"],) for s in shards):
+            raise ValueError(f"{directory}: files disagree with meta.json ({len(ids)} ids, "
+                             f"{rows} embedding rows, meta count {meta['count']} x {meta['dim']})")
         want = backend or meta["backend"]
         graph = None
-        if want == "hnsw":
+        if want in ("hnsw", "ivfpq"):
             faiss = faiss_or_none()
             faiss_path = os.path.join(directory, "faiss.index")
             if faiss is None:
                 warnings.warn(f"{directory}: faiss is not installed; searching exactly")
                 want = "exact"
-            elif os.path.isfile(faiss_path):
+            elif want == meta["backend"] and os.path.isfile(faiss_path):
                 graph = faiss.read_index(faiss_path)
                 if graph.ntotal != len(ids) or graph.d != meta["dim"]:
                     raise ValueError(f"{faiss_path}: {graph.ntotal} x {graph.d} vectors, "
                                      f"meta says {meta['count']} x {meta['dim']}")
-        hnsw = meta.get("hnsw") or {}
-        return cls(ids, emb, labels=meta.get("labels"), paths=meta.get("paths"),
+        hnsw, ivf = meta.get("hnsw") or {}, meta.get("ivfpq") or {}
+        # The vectors were checked when the index was built; scanning them here would read
+        # every shard from disk.
+        return cls(ids, shards, labels=meta.get("labels"), paths=meta.get("paths"),
                    model=meta.get("model"), backend=want, hnsw_m=hnsw.get("m", 32),
                    ef_construction=hnsw.get("ef_construction", 200),
-                   ef_search=hnsw.get("ef_search", 128), _faiss_index=graph)
+                   ef_search=hnsw.get("ef_search", 128), nlist=ivf.get("nlist"), pq_m=ivf.get("m"), nbits=ivf.get("nbits"),
+                   nprobe=ivf.get("nprobe", NPROBE), _faiss_index=graph, _check_finite=False)

@@ -92,7 +92,7 @@ def test_built_embeddings_are_the_models(built):
     """The Beam pipeline stores, per id, exactly what the model returns for that file."""
     sig = tf.saved_model.load(str(built["model"] / "3")).signatures["serving_default"]
     want = sig(images=tf.constant([p.read_bytes() for p in built["files"]]))["embedding"].numpy()
-    np.testing.assert_allclose(np.load(built["index"] / "embeddings.npy"), want, atol=1e-6)
+    np.testing.assert_allclose(np.load(built["index"] / "embeddings-00000-of-00001.npy"), want, atol=1e-6)
 
 
 def test_build_from_a_csv_manifest_with_hnsw(built, tmp_path):
@@ -200,7 +200,7 @@ def test_save_load_round_trip(tmp_path, backend):
     index = GalleryIndex(ids, emb, labels=labels, paths=[f"/g/{i}.jpg" for i in ids],
                          model="/models/dolg/1", backend=backend)
     index.save(str(tmp_path))
-    assert (tmp_path / "faiss.index").is_file() == (backend == "hnsw")
+    assert (tmp_path / "faiss.index").is_file() == (backend != "exact")
     back = GalleryIndex.load(str(tmp_path))
     assert (back.ids, back.labels, back.paths, back.model, back.backend) == (
         ids, labels, index.paths, "/models/dolg/1", backend)
@@ -210,7 +210,7 @@ def test_save_load_round_trip(tmp_path, backend):
     assert GalleryIndex.load(str(tmp_path), backend="exact").backend == "exact"
     GalleryIndex(ids, emb, backend="exact").save(str(tmp_path))  # rebuilt exact: no stale graph
     assert not (tmp_path / "faiss.index").exists()
-    np.save(tmp_path / "embeddings.npy", emb[:49])
+    np.save(tmp_path / "embeddings-00000-of-00001.npy", emb[:49])
     with pytest.raises(ValueError, match="disagree"):
         GalleryIndex.load(str(tmp_path))
 
@@ -224,3 +224,17 @@ def test_index_rejects_bad_input():
     emb[1, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         GalleryIndex(["a", "b", "c"], emb)
+
+
+def test_search_reports_which_index_answered(built, tmp_path):
+    query = built["files"][0]
+    result = _search(built, query, "-k", "3")
+    assert result.exit_code == 0, result.output
+    assert "answered by exact over 20 vectors" in result.stderr
+    hnsw = tmp_path / "hnsw"
+    GalleryIndex.load(str(built["index"]), backend="hnsw").save(str(hnsw))
+    result = CliRunner().invoke(main, ["search", "--index", str(hnsw), str(query), "-k", "3"])
+    assert result.exit_code == 0, result.output
+    assert "answered by hnsw (M=32, efSearch=128) over 20 vectors" in result.stderr
+    result = CliRunner().invoke(main, ["search", "--index", str(hnsw), str(query), "-k", "3", "--exact"])
+    assert "answered by exact over 20 vectors" in result.stderr
