@@ -404,7 +404,7 @@ def test_op_list_is_the_pinned_tf_serving_version(deployment):
 def test_runtime_check_finds_what_tf_serving_cannot_run(model_base, tmp_path):
     """The check can fail: an op the list lacks, an attribute an op lacks, a Python-only op."""
     model = model_base / "1"
-    ops_file = TESTDATA / "tf_2.19.1_ops.txt"
+    ops_file = stand_in.pinned_ops_file()
     used, _ = stand_in.saved_model_ops(model)
     assert "MatMul" in used and "T" in used["MatMul"]
     assert stand_in.runtime_problems(model, ops_file) == []

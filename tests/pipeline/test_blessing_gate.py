@@ -1,7 +1,7 @@
 """The blessing gate end to end, through the pipeline: the Resolver hands the latest blessed
 model to the Evaluator as its baseline; a candidate whose held-out mAP is more than
 `max_map_drop` below it is NOT blessed and the Pusher pushes nothing; a better one is pushed.
-Then the pushed DOLG model itself: what TF Serving 2.19.1's TensorFlow needs to load it, and
+Then the pushed DOLG model itself: what the pinned TF Serving's TensorFlow needs to load it, and
 the REST / gRPC stand-ins of TF Serving serving it to the project's clients.
 
 Three runs on one output folder (ingestion, statistics and Transform are cached after the
@@ -32,7 +32,6 @@ BASE = load_config("tiny").replace(max_map_drop=MAX_DROP, eval_fraction=0.34)
 WEAK = dict(train_steps=2, steps_per_epoch=2, warmup_steps=0, learning_rate=1e-6)
 RUNS = {"weak": WEAK, "better": dict(train_steps=60, steps_per_epoch=60), "worse": WEAK}  # in this order
 MAP = "retrieval_mAP"
-OPS_2_19_1 = REPO / "tests" / "kubeflow" / "testdata" / "tf_2.19.1_ops.txt"
 
 
 def _evaluator_io(output):
@@ -132,13 +131,13 @@ def pushed(runs):
     return runs["better"]["pushed_to"]
 
 
-def test_pushed_model_loads_in_tf_serving_2_19_1(pushed):
-    """Every op (and op attribute) of every function of the SavedModel exists in TensorFlow
-    2.19.1, the TensorFlow of the pinned tensorflow/serving:2.19.1 image (the list was
-    generated from that TensorFlow's tf.raw_ops: see its header)."""
+def test_pushed_model_loads_in_the_pinned_tf_serving(pushed):
+    """Every op (and op attribute) of every function of the SavedModel exists in the TensorFlow
+    of the pinned tensorflow/serving image (the list was generated from that TensorFlow's
+    tf.raw_ops: see its header)."""
     used, _ = stand_in.saved_model_ops(pushed)
     assert {"DecodeImage", "Conv2D", "ParseExampleV2"} <= set(used)  # the real serving graph
-    assert stand_in.runtime_problems(pushed, OPS_2_19_1) == []
+    assert stand_in.runtime_problems(pushed, stand_in.pinned_ops_file()) == []
 
 
 def test_stand_in_servers_serve_the_pushed_model(runs, pushed):

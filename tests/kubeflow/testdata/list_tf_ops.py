@@ -1,6 +1,7 @@
 """Prints every op of the running TensorFlow with its attribute names, one op per line:
 ``NAME attr1,attr2,...`` (sorted). Run with the TensorFlow that TF Serving's image embeds
-(see the header of tf_2.19.1_ops.txt for the exact command); imports nothing of this project.
+(the header of the generated tf_<version>_ops.txt has the exact command); imports nothing of
+this project.
 
 Why the attributes: a graph node whose op gained an attribute in a newer TensorFlow fails to
 load in an older one ("NodeDef mentions attr ... not in Op"), even when the op name exists.
@@ -13,15 +14,15 @@ from tensorflow.python.framework import op_def_registry
 
 COMMAND = """\
 # Generated on a Debian 12 host (Python 3.11), outside the project's environment, by:
-#   python3 -m venv /tmp/tf219-venv
-#   /tmp/tf219-venv/bin/pip install tensorflow-cpu==2.19.1
-#   /tmp/tf219-venv/bin/python tests/kubeflow/testdata/list_tf_ops.py > tests/kubeflow/testdata/tf_2.19.1_ops.txt
-# tensorflow/serving:2.19.1 is built on TensorFlow 2.19.1. One op a line: NAME attr,attr,..."""
+#   python3 -m venv /tmp/tf-{v}-venv
+#   /tmp/tf-{v}-venv/bin/pip install tensorflow-cpu=={v}
+#   /tmp/tf-{v}-venv/bin/python tests/kubeflow/testdata/list_tf_ops.py > tests/kubeflow/testdata/tf_{v}_ops.txt
+# tensorflow/serving:{v} is built on TensorFlow {v}. One op a line: NAME attr,attr,..."""
 
 
 def main():
     names = sorted(n for n in dir(tf.raw_ops) if not n.startswith("_"))
-    print(COMMAND)
+    print(COMMAND.format(v=tf.__version__))
     print(f"# tensorflow {tf.__version__}: {len(names)} names in tf.raw_ops")
     # A GraphDef whose versions.min_consumer is above this is refused by this TensorFlow.
     print(f"# graph_def_version {tf.version.GRAPH_DEF_VERSION}")
