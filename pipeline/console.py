@@ -16,6 +16,9 @@ import time
 from typing import Callable, Optional
 
 
+NON_TTY_PROGRESS_S = 15.0
+
+
 class Console:
     """Context manager: the terminal for ``say``, a log file for everything.
 
@@ -32,6 +35,7 @@ class Console:
         self._term = None
         self._saved = None
         self._progress_open = False
+        self._last_progress = float("-inf")
 
     def __enter__(self) -> "Console":
         os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
@@ -83,15 +87,16 @@ class Console:
             self._term.flush()
             self._log.write(("[console] " + line + "\n").encode("utf-8", "replace"))
 
-    def progress(self, line: str) -> None:
-        """A line that replaces the previous progress line on a terminal (a bar); elsewhere
-        (a file, CI) it is printed as is, so callers should call it sparingly."""
+    def progress(self, line: str, final: bool = False) -> None:
+        """A line that replaces the previous progress line on a terminal (a bar). Elsewhere (a
+        file, CI) a line every ``NON_TTY_PROGRESS_S`` seconds at most, and the final one."""
         with self._lock:
             if self._is_tty:
                 self._term.write("\r\x1b[2K" + line)
                 self._progress_open = True
-            else:
+            elif final or time.monotonic() - self._last_progress >= NON_TTY_PROGRESS_S:
                 self._term.write(line + "\n")
+                self._last_progress = time.monotonic()
             self._term.flush()
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -130,7 +135,7 @@ class ComponentLines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         progress = getattr(record, "progress", None)
         if progress is not None:
-            self.console.progress(progress_bar(**progress))
+            self.console.progress(progress_bar(**progress), final=progress["step"] >= progress["total"])
             return
         if record.msg not in ("Component %s is running.", "Component %s is finished.") or not record.args:
             return

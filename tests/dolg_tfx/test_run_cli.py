@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
+from pipeline.config import load_config
 from test_host_paths import DEVENV, outside_env
 
 SECTIONS = ("run", "ingestion", "training", "evaluation", "retrieval", "attention", "model-card")
@@ -61,6 +62,8 @@ def test_the_default_console_is_quiet_and_names_the_log(user_run):
     assert "Transform done in" in console and "labels in the vocabulary" in console
     assert "ImageExampleGen done in" in console and "1 rejected" in console
     assert "Pusher done in" in console and "pushed version" in console
+    steps = load_config("tiny").train_steps
+    assert f"] {steps}/{steps} steps  loss " in console   # the Trainer's progress bar, last state
     [log] = (user_run["out"] / "logs").glob("run-*.log")
     last = console.strip().splitlines()[-2:]
     assert any(str(log) in line for line in last) and any("report.html" in line for line in last), last
