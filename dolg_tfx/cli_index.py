@@ -1,7 +1,8 @@
 """`dolg-tfx index build` and `dolg-tfx search`: a searchable gallery from a pushed model.
 
 ``index build`` enumerates the gallery with ImageExampleGen's ``scan_inputs`` (a folder tree
-``root/<label>/<image>`` or a GLDv2-style CSV ``id,landmark_id[,path]``), embeds it with a
+``root/<label>/<image>``, a flat folder of images, or a CSV ``id[,landmark_id][,path]``;
+labels are used when present, an unlabelled gallery has none), embeds it with a
 Beam pipeline (DirectRunner; the model is loaded once per worker) and saves a
 ``components.retrieval.index.GalleryIndex``. ``search`` embeds one query image, prints the
 top k gallery images with their scores and can draw them as a PNG grid.
@@ -12,6 +13,8 @@ import os
 import tempfile
 
 import click
+
+from components.image_example_gen.checks import DEFAULT_MAX_BYTES
 
 
 @click.group("index")
@@ -24,7 +27,8 @@ def index_group():
               help="The pushed SavedModel (a version folder, or the base with version folders); "
                    "a local path or any URI TensorFlow opens (gs://...).")
 @click.option("--images", required=True, type=click.Path(exists=True),
-              help="Gallery: a folder root/<label>/<image> or a CSV id,landmark_id[,path].")
+              help="Gallery: a folder of images (flat, or root/<label>/<image>) or a CSV "
+                   "id[,landmark_id][,path]; labels are optional.")
 @click.option("--images-subdir", default=None,
               help="CSV only: the image root relative to the CSV (default: the CSV's stem).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
@@ -33,7 +37,7 @@ def index_group():
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "exact", "hnsw"]),
               help="auto: faiss HNSW from 20,000 images when faiss is installed, else exact.")
-@click.option("--max-bytes", default=50 * 1024 * 1024, show_default=True,
+@click.option("--max-bytes", default=DEFAULT_MAX_BYTES, show_default=True,
               type=click.IntRange(min=1), help="Skip image files larger than this.")
 def build(model_dir, images, images_subdir, output, batch_size, backend, max_bytes):
     """Embed a gallery with a Beam pipeline and write a searchable index."""
@@ -44,7 +48,7 @@ def build(model_dir, images, images_subdir, output, batch_size, backend, max_byt
 
     try:
         model_dir = resolve_model_dir(model_dir)
-        candidates = scan_inputs(images, images_subdir)
+        candidates = scan_inputs(images, images_subdir, labels_required=False)
     except (OSError, ValueError) as err:
         raise click.ClickException(str(err))
     if not candidates:
@@ -57,7 +61,8 @@ def build(model_dir, images, images_subdir, output, batch_size, backend, max_byt
     if not res.ids:
         raise click.ClickException("no gallery image could be embedded")
     try:
-        index = GalleryIndex(res.ids, res.embeddings, labels=res.labels, paths=res.paths,
+        labels = res.labels if any(res.labels or ()) else None  # an unlabelled gallery
+        index = GalleryIndex(res.ids, res.embeddings, labels=labels, paths=res.paths,
                              model=model_dir, backend=backend)
     except (ImportError, ValueError) as err:
         raise click.ClickException(str(err))

@@ -8,6 +8,7 @@ import json
 import pathlib
 from typing import Optional, Tuple
 
+from components.image_example_gen.checks import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from dolg_model.config import ConfigError, DOLGConfig, check_fields
 
 # Kubeflow's rule for pipeline names, applied to every run so a local config compiles too.
@@ -43,8 +44,8 @@ class PipelineConfig:
 
     pipeline_name: str = "dolg-tfx"
     eval_fraction: float = 0.2
-    max_bytes: int = 50 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
     resize_mode: str = "pad"
     batch_size: int = 64
     train_steps: int = 10_000

@@ -5,7 +5,8 @@ of the request: `dolg-tfx evaluate --scales`), transform_features (the Transform
 attention (one image -> its local attention map over the image's pixels: `dolg-tfx explain`).
 
 Every image path goes through the Transform graph, so serving decodes exactly as training did;
-bad bytes raise InvalidArgumentError from its decoder (see pipeline/image_ops.py).
+bad bytes raise InvalidArgumentError from its decoder, refused ones before any pixel is
+decoded, and EXIF-rotated photos are turned upright there (see pipeline/image_ops.py).
 """
 import tensorflow as tf
 
@@ -75,7 +76,8 @@ def build_signatures(dolg, tft_layer, raw_feature_spec, scales, resize_mode="pad
         frame = decode(tf.reshape(image, [1]))
         size = tf.shape(frame)[1]
         att = attention(frame, training=False)[0][..., tf.newaxis]       # (size/16, size/16, 1)
-        height, width = (tf.cast(v, tf.int32) for v in image_ops.header_size(image))
+        # The decoded image's size: upright (EXIF orientation applied), as the decoder gives it.
+        width, height = (tf.cast(v, tf.int32) for v in image_ops.upright_size(image))
         att = tf.image.resize(att, [size, size], method="bilinear")
         if resize_mode == "pad":
             top, left, ch, cw = _content_box(height, width, size)

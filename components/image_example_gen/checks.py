@@ -1,32 +1,42 @@
 """Per-file image validation for ImageExampleGen (plain Python: Pillow, optionally TensorFlow).
 
+This module is also the ONE home of the image rules that the graph decoder
+(``pipeline/image_ops.py``) applies with TensorFlow ops: the byte and pixel caps, the magic
+bytes of the accepted and of the recognised-but-refused formats, the BMP variants TensorFlow
+decodes correctly, and the bounds of the GIF/WebP first-frame walk. Both sides read them
+from here, so ingestion and serving accept exactly the same byte strings (a property test
+runs the test corpus through both).
+
 The checks run in a fixed order, cheapest and safest first, so that a hostile file is refused
 before anything expensive or memory-hungry happens to it:
 
 1. size: empty, or more than ``max_bytes``;
-2. format: the content's magic bytes must be JPEG, PNG, GIF or BMP (the file name is ignored,
-   so a PNG named ``.jpg`` is a PNG and an HTML page named ``.jpg`` is not an image);
+2. format: the content's magic bytes must be JPEG, PNG, GIF, BMP or WebP (the file name is
+   ignored, so a PNG named ``.jpg`` is a PNG and an HTML page named ``.jpg`` is not an image).
+   HEIC/HEIF, AVIF, TIFF, JPEG XL, JPEG 2000, PSD, SVG and PDF are recognised and refused
+   with their name (``unsupported_format``: "HEIC is not supported: convert to JPEG"), and
+   so are BMP variants TensorFlow would decode wrongly (palette, 16-bit, compressed);
 3. dimensions: parsed here from the format's own header (JPEG SOF, PNG IHDR, GIF logical
-   screen, BMP info header) and compared with ``max_pixels`` BEFORE Pillow sees the bytes.
-   Pillow's ``Image.open`` also reads only the header, but it applies its own global
-   ``Image.MAX_IMAGE_PIXELS`` guard there; parsing the header ourselves makes our cap the one
-   that decides, whatever that global is set to;
-4. a full decode of the first frame with Pillow (``load()``): truncation, corrupt zlib
-   streams and the like show up only here;
-5. optionally, a decode with ``tf.io.decode_image(channels=3, expand_animations=False)``, the
-   op family the Transform and the serving signature use, so that a file Pillow tolerates
-   but TensorFlow does not cannot crash training later.
+   screen and first frame, BMP info header, WebP VP8/VP8L/VP8X) and compared with
+   ``max_pixels`` BEFORE Pillow sees the bytes. These are the STORED dimensions (before any
+   EXIF rotation); for GIF and animated WebP, the canvas the first frame is drawn on;
+4. a full decode of the first frame: truncation, corrupt zlib or LZW streams and the like
+   show up only here. With ``tf_check`` (what the executor does) the decode is the graph
+   decoder itself (``pipeline.image_ops.decode_rgb``), the function the Transform and the
+   serving signatures run: its verdict is the verdict, so ingestion accepts exactly what
+   serving accepts. Two decoders differ on corrupt compressed data (libwebp's animation
+   decoder in Pillow reads every frame, giflib and Pillow tolerate different LZW errors),
+   so Pillow's decode is only the plain-Python approximation (``tf_check=False``, the CLI's
+   scans); it also requires a PNG's closing IEND chunk, which libpng reads.
 
-Accepted files keep their original bytes: decoding for the model is the Transform's job.
-``width`` and ``height`` are the STORED dimensions. EXIF orientation is deliberately not
-applied anywhere downstream: TensorFlow's decoders ignore it and the serving signature
-receives raw client bytes decoded by the same ops, so honouring the tag only in training
-would make training and serving see different pixels. The orientation is reported
-(``ImageInfo.orientation``) so the ingestion summary can say how many files carry one.
+Accepted files keep their original bytes: decoding for the model is the Transform's job,
+and it applies the EXIF orientation (JPEG APP1, PNG eXIf, WebP EXIF) in the graph, exactly
+as serving does. ``ImageInfo.orientation`` is Pillow's reading of the tag, for the report.
 
 Reason codes (``Rejected.reason``), stable for reports and tests:
 
-    empty, too_many_bytes, not_an_image, bad_header, too_many_pixels, decode_failed
+    empty, too_many_bytes, not_an_image, unsupported_format, bad_header, too_many_pixels,
+    decode_failed
     (plus the file-level codes of ``inputs``: missing, unreadable, outside_root, no_label,
     not_followed, bad_manifest_row, duplicate_id)
 """
@@ -39,13 +49,61 @@ from typing import NamedTuple, Optional
 
 from PIL import Image
 
-FORMATS = ("jpeg", "png", "gif", "bmp")
-_PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP"}
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# ---------------------------------------------------------------- the shared rules (one home)
+# The caps. 50 MiB: far above any sane photo, far below a bomb. 40 Mpx: a 7300x5500 photo;
+# 120 MB once decoded to RGB.
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000
+
+FORMATS = ("jpeg", "png", "gif", "bmp", "webp")
+# Magic bytes: per format, alternatives; an alternative is (offset, bytes) pairs that must
+# all match. The graph decoder builds its comparisons from these same tables.
+MAGIC = (
+    ("jpeg", (((0, b"\xff\xd8\xff"),),)),
+    ("png", (((0, b"\x89PNG\r\n\x1a\n"),),)),
+    ("gif", (((0, b"GIF87a"),), ((0, b"GIF89a"),))),
+    ("bmp", (((0, b"BM"),),)),
+    ("webp", (((0, b"RIFF"), (8, b"WEBP")),)),
+)
+# Recognised formats that are refused, by name: neither Pillow (HEIC, JPEG XL) nor
+# TensorFlow (AVIF, TIFF, JPEG 2000, PSD, SVG, PDF) can check and decode them on both sides.
+_FTYP = lambda *brands: tuple(((4, b"ftyp" + b),) for b in brands)  # noqa: E731  (ISO BMFF)
+REFUSED_MAGIC = (
+    ("HEIC", _FTYP(b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis")),
+    ("HEIF", _FTYP(b"mif1", b"msf1")),
+    ("AVIF", _FTYP(b"avif", b"avis")),
+    ("TIFF", (((0, b"II*\x00"),), ((0, b"MM\x00*"),))),
+    ("JPEG XL", (((0, b"\xff\x0a"),), ((0, b"\x00\x00\x00\x0cJXL \r\n\x87\n"),))),
+    ("JPEG 2000", (((0, b"\x00\x00\x00\x0cjP  \r\n\x87\n"),), ((0, b"\xff\x4f\xff\x51"),))),
+    ("PSD", (((0, b"8BPS"),),)),
+    ("PDF", (((0, b"%PDF-"),),)),
+)
+# SVG has no magic bytes: markup (after an optional BOM and white space) whose first
+# SVG_WINDOW bytes contain "<svg".
+SVG_WINDOW = 1024
+UNSUPPORTED = "{} is not supported: convert to JPEG"
+NOT_AN_IMAGE = "not a JPEG, PNG, GIF, BMP or WebP image"
+# BMP: TensorFlow's decoder reads only uncompressed 24/32-bit BITMAPINFOHEADER (or later)
+# files; it decodes 8-bit palette files as grey and refuses 1-bit ones, so both sides refuse
+# every other variant.
+BMP_BITS = (24, 32)
+BMP_MIN_INFO_HEADER = 40
+# GIF: only the first frame is decoded, and TensorFlow's GIF decoder would decompress EVERY
+# frame (a 2.7 MB GIF of 200 frames of 4000x4000 costs it 3 GB), so the graph cuts the file
+# after the first frame. Finding that end walks the blocks; a step is one block header or one
+# run of at most GIF_MAX_RUN data sub-blocks of equal length (encoders write 255-byte ones),
+# and a file that needs more than GIF_MAX_STEPS steps is refused on both sides.
+GIF_MAX_STEPS = 1024
+GIF_MAX_RUN = 4096
+# WebP: the first frame of an animation is the first ANMF chunk among the first
+# WEBP_MAX_CHUNKS chunks after VP8X (ICCP and ANIM come before it).
+WEBP_MAX_CHUNKS = 64
+_PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); C4 (DHT),
 # C8 (reserved) and CC (DAC) share the range but carry no dimensions.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _EXIF_ORIENTATION = 0x0112
+_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its (fixed) CRC
 
 
 class Rejected(Exception):
@@ -71,7 +129,7 @@ class ImageInfo(NamedTuple):
     format: str
     width: int
     height: int
-    orientation: int  # EXIF orientation tag, 1 (upright) when absent; reported, not applied
+    orientation: int  # EXIF orientation tag (Pillow's reading), 1 when absent; the graph applies it
 
 
 class ImageCheck(NamedTuple):
@@ -83,24 +141,35 @@ class ImageCheck(NamedTuple):
     height: Optional[int]
 
 
+def _matches(data: bytes, alternatives) -> bool:
+    return any(all(data[off:off + len(sig)] == sig for off, sig in alt) for alt in alternatives)
+
+
 def sniff_format(data: bytes) -> Optional[str]:
-    """The image format from the content's magic bytes (jpeg/png/gif/bmp), else None."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:8] == _PNG_SIGNATURE:
-        return "png"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if data[:2] == b"BM":
-        return "bmp"
-    return None
+    """The accepted format from the content's magic bytes (one of ``FORMATS``), else None."""
+    return next((fmt for fmt, alternatives in MAGIC if _matches(data, alternatives)), None)
+
+
+def refused_format(data: bytes) -> Optional[str]:
+    """The name of a recognised but refused format ("HEIC", "AVIF", "TIFF", "SVG", ...), else None."""
+    name = next((name for name, alternatives in REFUSED_MAGIC if _matches(data, alternatives)), None)
+    if name is None and is_svg(data):
+        name = "SVG"
+    return name
+
+
+def is_svg(data: bytes) -> bool:
+    """Markup whose first ``SVG_WINDOW`` bytes contain ``<svg`` (the rule the graph applies)."""
+    head = data[:SVG_WINDOW]
+    return head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\n\r\f\v").startswith(b"<") and b"<svg" in head
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
     pos = 2
     while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            raise Rejected("bad_header", f"JPEG: no marker at byte {pos}", "jpeg")
+        if data[pos] != 0xFF:  # extraneous bytes: skipped to the next marker, as libjpeg and Pillow do
+            pos += 1
+            continue
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte before a marker
             pos += 1
@@ -122,15 +191,140 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     raise Rejected("bad_header", "JPEG: no frame header (SOF) before the image data", "jpeg")
 
 
+class GifFrame(NamedTuple):
+    """Where the first frame of a GIF is: its rectangle, the canvas and the end of its data."""
+    x: int
+    y: int
+    width: int
+    height: int
+    canvas_width: int   # max(logical screen, frame's right edge): what Pillow and the graph draw on
+    canvas_height: int
+    end: int            # offset just past the first frame's block terminator
+
+
+def gif_first_frame(data: bytes) -> GifFrame:
+    """Walks a GIF to the end of its first frame, step by step as the graph decoder does.
+
+    Raises:
+      Rejected: ``bad_header`` when the walk finds no complete first frame within
+        ``GIF_MAX_STEPS`` steps (unknown block, trailer first, truncated data).
+    """
+    n = len(data)
+    if n < 13:
+        raise Rejected("bad_header", "GIF: header cut short", "gif")
+    screen_w, screen_h = struct.unpack("<HH", data[6:10])
+    pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+    state, frame = "top", None  # top: between blocks; ext / img: in a sub-block chain
+    for _ in range(GIF_MAX_STEPS):
+        if pos >= n:
+            raise Rejected("bad_header", "GIF: data ends before the first frame does", "gif")
+        if state == "top":
+            block = data[pos]
+            if block == 0x21:
+                pos, state = pos + 2, "ext"
+            elif block == 0x2C:
+                if pos + 10 > n:
+                    raise Rejected("bad_header", "GIF: data ends before the first frame does", "gif")
+                frame = struct.unpack("<HHHH", data[pos + 1:pos + 9])
+                flags = data[pos + 9]
+                pos += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1  # + LZW code size
+                state = "img"
+            else:
+                what = "the trailer" if block == 0x3B else f"an unknown block 0x{block:02x}"
+                raise Rejected("bad_header", f"GIF: {what} before any frame", "gif")
+            continue
+        length = data[pos]
+        if length == 0:  # block terminator
+            pos += 1
+            if state == "img":
+                if pos > n:
+                    break
+                x, y, w, h = frame
+                if w == 0 or h == 0:
+                    raise Rejected("bad_header", f"GIF: first frame is {w}x{h}", "gif")
+                return GifFrame(x, y, w, h, max(screen_w, x + w), max(screen_h, y + h), pos)
+            state = "top"
+            continue
+        run = 1  # a run of sub-blocks of the same length, at most GIF_MAX_RUN
+        while run < GIF_MAX_RUN and pos + run * (length + 1) < n and data[pos + run * (length + 1)] == length:
+            run += 1
+        pos += run * (length + 1)
+    raise Rejected("bad_header", f"GIF: first frame not complete within {GIF_MAX_STEPS} steps "
+                   "(truncated, or data split into irregular sub-blocks)", "gif")
+
+
+class WebPInfo(NamedTuple):
+    """A WebP file's canvas and, for an animation, where its first frame's chunk starts."""
+    width: int
+    height: int
+    animated: bool
+    first_frame: Optional[int]  # offset of the first ANMF chunk (animations only)
+
+
+def webp_info(data: bytes) -> WebPInfo:
+    """Canvas size of a WebP (VP8, VP8L or VP8X) and its first animation frame, as the graph reads them.
+
+    Raises:
+      Rejected: ``bad_header`` when the first chunk is none of the three or is cut short, or
+        an animation has no ANMF chunk among its first ``WEBP_MAX_CHUNKS`` chunks.
+    """
+    if len(data) < 30:
+        raise Rejected("bad_header", "WebP: header cut short", "webp")
+    chunk = data[12:16]
+    if chunk == b"VP8 ":
+        if data[23:26] != b"\x9d\x01\x2a":
+            raise Rejected("bad_header", "WebP: VP8 frame without its start code", "webp")
+        width, height = (v & 0x3FFF for v in struct.unpack("<HH", data[26:30]))
+        return WebPInfo(width, height, False, None)
+    if chunk == b"VP8L":
+        if data[20] != 0x2F:
+            raise Rejected("bad_header", "WebP: VP8L bitstream without its signature", "webp")
+        (bits,) = struct.unpack("<I", data[21:25])
+        return WebPInfo((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, False, None)
+    if chunk == b"VP8X":
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        if not data[20] & 0x02:
+            return WebPInfo(width, height, False, None)
+        pos = 30
+        for _ in range(WEBP_MAX_CHUNKS):
+            if pos + 8 > len(data):
+                break
+            if data[pos:pos + 4] == b"ANMF":
+                return WebPInfo(width, height, True, pos)
+            (size,) = struct.unpack("<I", data[pos + 4:pos + 8])
+            pos += 8 + size + (size & 1)
+        raise Rejected("bad_header", f"WebP: animation without a frame in its first {WEBP_MAX_CHUNKS} chunks",
+                       "webp")
+    raise Rejected("bad_header", f"WebP: first chunk is {chunk!r}, not VP8, VP8L or VP8X", "webp")
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    (dib,) = struct.unpack("<I", data[14:18])
+    if dib < BMP_MIN_INFO_HEADER:
+        raise Rejected("unsupported_format", f"BMP with a {dib}-byte info header (OS/2) is not supported: "
+                       "convert to PNG", "bmp")
+    width, height = struct.unpack("<ii", data[18:26])
+    bits, compression = struct.unpack("<HI", data[28:34])
+    if bits not in BMP_BITS or compression != 0:
+        raise Rejected("unsupported_format", f"BMP with {bits} bits per pixel, compression {compression} "
+                       "is not supported (only uncompressed 24/32-bit): convert to PNG", "bmp")
+    return width, abs(height)  # negative height means a top-down bitmap
+
+
 def header_size(fmt: str, data: bytes) -> tuple[int, int]:
-    """(width, height) from the header of ``data`` in format ``fmt``, without decoding pixels.
+    """(width, height) stored in the header of ``data`` in format ``fmt``, without decoding pixels.
+
+    The same order as ``pipeline.image_ops.header_size`` and Pillow's ``Image.size``. For a GIF
+    or an animated WebP, the canvas the first frame is drawn on.
 
     Args:
       fmt: one of ``FORMATS``, as returned by ``sniff_format``.
       data: the encoded file.
 
     Raises:
-      Rejected: ``bad_header`` if the header is cut short or implausible.
+      Rejected: ``bad_header`` if the header is cut short or implausible, ``unsupported_format``
+        for a BMP variant that is refused.
     """
     try:
         if fmt == "jpeg":
@@ -140,16 +334,12 @@ def header_size(fmt: str, data: bytes) -> tuple[int, int]:
                 raise Rejected("bad_header", "PNG: first chunk is not IHDR", fmt)
             width, height = struct.unpack(">II", data[16:24])
         elif fmt == "gif":
-            width, height = struct.unpack("<HH", data[6:10])
+            frame = gif_first_frame(data)
+            width, height = frame.canvas_width, frame.canvas_height
         elif fmt == "bmp":
-            (dib,) = struct.unpack("<I", data[14:18])
-            if dib == 12:  # OS/2 BITMAPCOREHEADER: 16-bit unsigned sides
-                width, height = struct.unpack("<HH", data[18:22])
-            elif dib >= 16:
-                width, height = struct.unpack("<ii", data[18:26])
-                height = abs(height)  # negative height means a top-down bitmap
-            else:
-                raise Rejected("bad_header", f"BMP: unknown info header size {dib}", fmt)
+            width, height = _bmp_size(data)
+        elif fmt == "webp":
+            width, height, _, _ = webp_info(data)
         else:
             raise ValueError(f"unknown format {fmt!r}")
     except struct.error as e:  # fewer bytes than the header needs
@@ -173,7 +363,7 @@ def inspect_image(data: bytes, max_bytes: int, max_pixels: int, tf_check: bool =
       data: the file's bytes.
       max_bytes: largest accepted file size in bytes.
       max_pixels: largest accepted width * height, checked from the header before decoding.
-      tf_check: also decode with TensorFlow's ``tf.io.decode_image`` (imports TensorFlow).
+      tf_check: also run the graph decoder (``pipeline.image_ops``; imports TensorFlow).
 
     Returns:
       ImageInfo with the sniffed format, stored width and height and EXIF orientation.
@@ -187,24 +377,34 @@ def inspect_image(data: bytes, max_bytes: int, max_pixels: int, tf_check: bool =
         raise Rejected("too_many_bytes", f"{len(data)} bytes > max_bytes {max_bytes}")
     fmt = sniff_format(data)
     if fmt is None:
-        raise Rejected("not_an_image",
-                       f"content starts with {data[:8].hex(' ')}: not JPEG, PNG, GIF or BMP")
+        name = refused_format(data)
+        if name is not None:
+            raise Rejected("unsupported_format", UNSUPPORTED.format(name))
+        raise Rejected("not_an_image", f"content starts with {data[:8].hex(' ')}: {NOT_AN_IMAGE}")
     width, height = header_size(fmt, data)
-    _pixel_cap(fmt, width, height, max_pixels, "header")  # before Pillow ever sees the bytes
+    _pixel_cap(fmt, width, height, max_pixels, "header")  # before any decoder sees the bytes
+    if tf_check:  # the graph decoder decides (see the module docstring); Pillow only reports
+        _graph_decode(data, fmt, width, height, max_pixels)
+        return ImageInfo(fmt, width, height, _pillow_orientation(data))
     try:
         # formats=[...]: Pillow must read it as the format the magic bytes claim, nothing else.
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[fmt]]) as im:
-            width, height = im.size  # Pillow's header parse; re-checked, not trusted blindly
-            _pixel_cap(fmt, width, height, max_pixels, "Pillow's header parse")
-            # Only the first frame: that is what decode_image(expand_animations=False) takes
-            # downstream, and decoding every frame of a long GIF would be a bomb of its own.
+            if im.size != (width, height):  # Pillow's header parse; compared, not trusted blindly
+                _pixel_cap(fmt, *im.size, max_pixels, "Pillow's header parse")
+                raise Rejected("bad_header", f"Pillow reads {im.size[0]}x{im.size[1]}, the header "
+                               f"says {width}x{height}", fmt, width, height)
+            # Only the first frame: that is what the graph decoder takes, and decoding every
+            # frame of a long GIF would be a bomb of its own.
             im.load()
+            if fmt == "png" and _PNG_END not in data:
+                raise Rejected("decode_failed", "PNG: no complete IEND chunk at the end", fmt, width, height)
             # EXIF only after load(): PNG's getexif() itself loads the image, and a decode
             # error swallowed here would leave a half-loaded image that load() then accepts.
             try:
                 orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
             except Exception:  # noqa: BLE001  (a broken EXIF block is not our reason to reject)
                 orientation = 1
+            orientation = orientation if 1 <= orientation <= 8 else 1
     except Rejected:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own global guard, if set below ours
@@ -213,22 +413,33 @@ def inspect_image(data: bytes, max_bytes: int, max_pixels: int, tf_check: bool =
         raise Rejected("bad_header", f"Pillow cannot read it as {fmt.upper()}", fmt, width, height) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, MemoryError) as e:
         raise Rejected("decode_failed", f"Pillow: {type(e).__name__}: {e}", fmt, width, height) from None
-    if tf_check:
-        _tf_decode(data, fmt, width, height)
     return ImageInfo(fmt, width, height, orientation)
 
 
-def _tf_decode(data: bytes, fmt: str, width: int, height: int) -> None:
+def _pillow_orientation(data: bytes) -> int:
+    """Pillow's reading of the EXIF orientation (for the report), 1 when absent or unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            value = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001  (a broken EXIF block is not our reason to reject)
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _graph_decode(data: bytes, fmt: str, width: int, height: int, max_pixels: int) -> None:
+    """Runs the graph decoder the Transform and serving use; its refusal is ours too."""
     import tensorflow as tf  # lazily: the plain-Python path (CLI scans) should not pay for it
 
+    from pipeline import image_ops
+
     try:
-        decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
+        shape = image_ops.decode_eager(data, max_pixels).shape[:2]
     except tf.errors.OpError as e:
         # Drop TF's "{{function_node ...}}" prefix and "[Op:...]" suffix: keep the reason.
-        msg = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", e.message or type(e).__name__).strip()
+        msg = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]|\n.*", "", e.message or type(e).__name__, flags=re.S).strip()
         raise Rejected("decode_failed", f"TensorFlow: {msg}", fmt, width, height) from None
-    if tuple(decoded.shape[:2]) != (height, width):
-        raise Rejected("decode_failed", f"TensorFlow decoded {decoded.shape[1]}x{decoded.shape[0]}, "
+    if sorted(shape) != sorted((height, width)):  # upright: EXIF 5-8 swap the sides
+        raise Rejected("decode_failed", f"TensorFlow decoded {shape[1]}x{shape[0]}, "
                        f"header says {width}x{height}", fmt, width, height)
 
 
@@ -239,7 +450,7 @@ def check_image(data: bytes, max_bytes: int, max_pixels: int, tf_check: bool = F
       data: the file's bytes.
       max_bytes: largest accepted file size in bytes.
       max_pixels: largest accepted width * height, checked from the header before decoding.
-      tf_check: also decode with TensorFlow.
+      tf_check: also run the graph decoder.
 
     Returns:
       ImageCheck(ok, reason, format, width, height); ``reason`` is a code from the module

@@ -79,7 +79,7 @@ class _InspectFile(beam.DoFn):
         except checks.Rejected as r:
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(_REJECTED_TAG, {
-                "image_id": c.image_id, "label": c.label, "path": c.path,
+                "image_id": c.image_id, "label": c.label, "path": c.display_path,
                 "reason": r.reason, "detail": r.detail})
             return
         self._accepted.inc()
@@ -137,7 +137,7 @@ def _write_report(_, report_uri: str, header: dict[str, Any], rejected: list[dic
                    emitted=emitted, emitted_total=sum(emitted.values()),
                    labels=inputs.split_counts(assignment), rejected=len(rejected),
                    reasons=dict(sorted(reasons.items())), formats=dict(sorted(formats.items())),
-                   exif_rotated_not_applied=sum(st["exif_rotated"] for st in stats.values()))
+                   exif_rotated=sum(st["exif_rotated"] for st in stats.values()))
     # The ingestion invariant. A mismatch is a bug in this component, never the data's fault.
     if summary["files_seen"] != summary["emitted_total"] + summary["rejected"]:
         raise RuntimeError(f"ImageExampleGen lost files: {summary}")
@@ -157,9 +157,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     lines += [f"    {reason:<18}{n}" for reason, n in summary["reasons"].items()]
     lines.append("  formats         " + (", ".join(f"{k} {v}" for k, v in summary["formats"].items()) or "-"))
-    if summary["exif_rotated_not_applied"]:
-        lines.append(f"  EXIF-rotated    {summary['exif_rotated_not_applied']} (kept as stored; "
-                     "orientation is not applied downstream)")
+    if summary["exif_rotated"]:
+        lines.append(f"  EXIF-rotated    {summary['exif_rotated']} (stored as sent; the decoder turns them upright)")
     return "\n".join(lines)
 
 

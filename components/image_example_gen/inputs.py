@@ -16,6 +16,16 @@ pipeline. Two input layouts, told apart by what ``input_base`` is:
   when given, else ``<id[0]>/<id[1]>/<id[2]>/<id>.jpg``. The image id is ``id`` (or ``path``
   when there is no id), the label is ``landmark_id`` as written.
 
+File names are byte strings on POSIX: a name that is not valid UTF-8 (an old archive's
+Latin-1 ``caf\xe9.jpg``), holds a newline or is 250 bytes long is still ingested. Python
+hands such names over with surrogate escapes; the file is opened under its real name, while
+the image id, the label and every report show it through ``display_name``: valid UTF-8,
+backslash escapes for undecodable bytes and control characters, reversible with
+``from_display_name``.
+
+``scan_inputs(..., labels_required=False)`` (gallery indexing) also accepts files directly
+under a folder and a CSV without a ``landmark_id`` column: their label is "".
+
 ``input_base``, ``images_subdir`` and so the image root may be local paths or URIs
 (``gs://``, ``s3://``, ...; see ``storage``). Local paths are listed and read with ``os`` and
 their escape check resolves symlinks (``os.path.realpath``); URIs are listed and read through
@@ -59,8 +69,55 @@ class Candidate:
 
     @property
     def path(self) -> str:
-        """The path as given (joined to the root), for reports."""
+        """The path as given (joined to the root), to open the file."""
         return os.path.join(self.root, self.relpath)  # posixpath on POSIX: right for URIs too
+
+    @property
+    def display_path(self) -> str:
+        """The path for reports: valid UTF-8, whatever bytes the name holds (``display_name``)."""
+        return display_name(self.path)
+
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_UNESCAPES = {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
+
+
+def display_name(name: str) -> str:
+    """A file name (or path) as printable, valid UTF-8, reversibly.
+
+    Bytes that are not UTF-8 (surrogate-escaped by Python: ``"\\udcff"``) become ``\\xff``,
+    control characters ``\\n``, ``\\t``, ``\\r`` or ``\\x01``, and the backslash itself
+    ``\\\\``; everything else is kept. ``from_display_name`` gives the original back.
+    """
+    out = []
+    for ch in name:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as os.fsdecode hands it over
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def from_display_name(text: str) -> str:
+    """The inverse of ``display_name``: the name as ``os`` functions take it."""
+    raw, i = bytearray(), 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and text[i + 1:i + 2] == "x":
+            raw.append(int(text[i + 2:i + 4], 16))
+            i += 4
+        elif ch == "\\":
+            raw += _UNESCAPES[text[i + 1]].encode()
+            i += 2
+        else:
+            raw += ch.encode("utf-8")
+            i += 1
+    return os.fsdecode(bytes(raw))
 
 
 def is_manifest(input_base: str) -> bool:
@@ -96,12 +153,15 @@ def image_root(input_base: str, images_subdir: Optional[str] = None) -> str:
     return input_base if storage.is_uri(input_base) else os.path.abspath(input_base)
 
 
-def scan_inputs(input_base: str, images_subdir: Optional[str] = None) -> list[Candidate]:
+def scan_inputs(input_base: str, images_subdir: Optional[str] = None,
+                labels_required: bool = True) -> list[Candidate]:
     """Lists every candidate file (folder tree) or row (CSV manifest), in a stable order.
 
     Args:
       input_base: a folder ``<label>/<image>`` or a CSV manifest file.
       images_subdir: for a manifest only: the image root, relative to the CSV's folder.
+      labels_required: False for a gallery: files directly under the folder and a CSV
+        without ``landmark_id`` are accepted, with the label "".
 
     Returns:
       One Candidate per file or row. The count is "files seen": the ingestion invariant is
@@ -116,13 +176,16 @@ def scan_inputs(input_base: str, images_subdir: Optional[str] = None) -> list[Ca
     if not (storage.exists(location) if uri else os.path.exists(location)):
         raise FileNotFoundError(f"input_base {input_base!r} does not exist")
     if is_manifest(location):
-        return _scan_manifest(location, manifest_image_root(location, images_subdir))
+        return _scan_manifest(location, manifest_image_root(location, images_subdir), labels_required)
     if uri:
-        return _scan_folder_uri(location)
-    return _scan_folder(os.path.abspath(location))
+        return _scan_folder_uri(location, labels_required)
+    return _scan_folder(os.path.abspath(location), labels_required)
 
 
-def _scan_folder(root: str) -> list[Candidate]:
+_NO_LABEL = ("no_label", "file directly under input_base: no label folder")
+
+
+def _scan_folder(root: str, labels_required: bool = True) -> list[Candidate]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()  # os.walk descends in this (now sorted) order: a stable listing
@@ -131,22 +194,23 @@ def _scan_folder(root: str) -> list[Candidate]:
         for name in dirnames:
             if os.path.islink(os.path.join(dirpath, name)):
                 rel = rel_dir + name
-                out.append(Candidate(rel, rel.split("/")[0], root, rel,
+                out.append(Candidate(display_name(rel), display_name(rel.split("/")[0]), root, rel,
                                      ("not_followed", "symlinked directory: not followed")))
         for name in sorted(filenames):
             rel = rel_dir + name
-            problem = None if rel_dir else ("no_label", "file directly under input_base: no label folder")
-            out.append(Candidate(rel, rel.split("/")[0] if rel_dir else "", root, rel, problem))
+            problem = None if rel_dir or not labels_required else _NO_LABEL
+            label = display_name(rel.split("/")[0]) if rel_dir else ""
+            out.append(Candidate(display_name(rel), label, root, rel, problem))
     return out
 
 
-def _scan_folder_uri(root: str) -> list[Candidate]:
+def _scan_folder_uri(root: str, labels_required: bool = True) -> list[Candidate]:
     # Object stores have no symlinks, so there is nothing to report as not_followed.
     out = []
     for rel in storage.walk_files(root):
         label, sep, _ = rel.partition("/")
-        problem = None if sep else ("no_label", "file directly under input_base: no label folder")
-        out.append(Candidate(rel, label if sep else "", root, rel, problem))
+        problem = None if sep or not labels_required else _NO_LABEL
+        out.append(Candidate(display_name(rel), display_name(label) if sep else "", root, rel, problem))
     return out
 
 
@@ -156,11 +220,11 @@ def _open_manifest(csv_path: str):
     return open(csv_path, newline="", encoding="utf-8")
 
 
-def _scan_manifest(csv_path: str, root: str) -> list[Candidate]:
+def _scan_manifest(csv_path: str, root: str, labels_required: bool = True) -> list[Candidate]:
     with _open_manifest(csv_path) as f:
         reader = csv.DictReader(f)
         columns = set(reader.fieldnames or ())
-        if "landmark_id" not in columns or not columns & {"id", "path"}:
+        if ("landmark_id" not in columns and labels_required) or not columns & {"id", "path"}:
             raise ValueError(f"{csv_path}: needs a 'landmark_id' column and an 'id' or 'path' column, "
                              f"has {sorted(columns)}")
         out, seen = [], set()
@@ -170,7 +234,7 @@ def _scan_manifest(csv_path: str, root: str) -> list[Candidate]:
             rel = (row.get("path") or "").strip()
             image_id = iid or rel or f"<row {row_no}>"
             problem = None
-            if not label or not (iid or rel):
+            if (labels_required and not label) or not (iid or rel):
                 problem = ("bad_manifest_row", f"row {row_no}: empty id/path or landmark_id")
             elif not rel and len(iid) < 3:
                 problem = ("bad_manifest_row", f"row {row_no}: id {iid!r} too short for the GLDv2 layout")
@@ -292,5 +356,6 @@ def fingerprint(input_base: str, images_subdir: Optional[str] = None) -> Optiona
                 st = os.stat(path)
             except OSError:
                 continue  # vanished or unreadable: ingestion will report it
-            digest.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            # fsencode: a name that is not UTF-8 (surrogate-escaped) is hashed as its bytes.
+            digest.update(os.fsencode(os.path.relpath(path, root)) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()

@@ -7,6 +7,8 @@ from tfx import types
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
+from components.image_example_gen.checks import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS  # noqa: F401  (the one home of the caps)
+
 # Output keys.
 EXAMPLES_KEY = "examples"
 REPORT_KEY = "report"
@@ -22,8 +24,6 @@ INPUT_FINGERPRINT_KEY = "input_fingerprint"
 # Defaults, shared by the component's constructor and the executor (which must also cope
 # with exec properties that omit the optional ones, e.g. when Do() is called directly).
 DEFAULT_EVAL_FRACTION = 0.2
-DEFAULT_MAX_BYTES = 50 * 1024 * 1024  # 50 MiB: far above any sane photo, far below a bomb
-DEFAULT_MAX_PIXELS = 40_000_000  # 40 Mpx: a 7300x5500 photo; 120 MB once decoded to RGB
 DEFAULT_SPLIT_SALT = "dolg-tfx"
 
 REJECTED_FILE = "rejected.jsonl"

@@ -15,15 +15,13 @@ from typing import Optional, Sequence
 import dolg_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from components.image_example_gen.checks import DEFAULT_MAX_BYTES  # ImageExampleGen's byte cap
 from components.retrieval.serving_contract import (ATTENTION_INPUT, ATTENTION_OUTPUT, ATTENTION_SIGNATURE,
                                                    EMBEDDING_OUTPUT, IMAGES_INPUT, IMAGES_SIGNATURE,
                                                    SCALES_INPUT, SCALES_SIGNATURE, resolve_model_dir)
-
-# Same cap as ImageExampleGen: far above any real photo, far below a decompression bomb.
-DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +53,15 @@ class EmbedResult:
 def crop_to_png(data: bytes, box: Sequence[float]) -> bytes:
     """Crops encoded image bytes to ``box`` = (x1, y1, x2, y2) in pixels; returns PNG bytes.
 
-    The box is in the stored pixel frame (EXIF orientation is NOT applied) because that is the
-    frame the model's tf.io.decode_image sees for the uncropped database images too. PNG keeps
-    the crop lossless, so cropping is the only change made to the query's pixels. Coordinates
-    are rounded to whole pixels and clipped to the image, as revisitop's PIL crop does.
+    The box is in the upright frame (EXIF orientation applied), the frame the model's graph
+    decoder gives the uncropped database images too; the PNG carries no EXIF, so the model
+    takes it as it is. PNG keeps the crop lossless, so cropping is the only change made to the
+    query's pixels. Coordinates are rounded to whole pixels and clipped to the image, as
+    revisitop's PIL crop does.
     """
-    with Image.open(io.BytesIO(data)) as im:
-        im.seek(0)  # first frame of an animation, like decode_image(expand_animations=False)
+    with Image.open(io.BytesIO(data)) as original:
+        original.seek(0)  # first frame of an animation, as the graph decoder takes
+        im = ImageOps.exif_transpose(original)
         w, h = im.size
         x1, y1, x2, y2 = (float(v) for v in box)
         left, top = max(0, int(round(x1))), max(0, int(round(y1)))

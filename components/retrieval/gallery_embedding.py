@@ -62,7 +62,7 @@ class EmbedCandidatesDoFn(beam.DoFn):
 
 
 def _failure_json(order: int, cand, reason: str) -> str:
-    return json.dumps({"order": order, "id": cand.image_id, "path": cand.path, "reason": reason})
+    return json.dumps({"order": order, "id": cand.image_id, "path": cand.display_path, "reason": reason})
 
 
 def _example(order: int, cand, emb: np.ndarray) -> bytes:
@@ -70,7 +70,9 @@ def _example(order: int, cand, emb: np.ndarray) -> bytes:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode("utf-8")]))
     return tf.train.Example(features=tf.train.Features(feature={
         "order": tf.train.Feature(int64_list=tf.train.Int64List(value=[order])),
-        "id": b(cand.image_id), "label": b(cand.label), "path": b(cand.path),
+        "id": b(cand.image_id), "label": b(cand.label),
+        # The real path, as bytes: a name that is not UTF-8 must still open for the grid.
+        "path": tf.train.Feature(bytes_list=tf.train.BytesList(value=[os.fsencode(cand.path)])),
         "embedding": tf.train.Feature(float_list=tf.train.FloatList(value=emb.tolist())),
     })).SerializeToString()
 
@@ -112,7 +114,7 @@ def embed_candidates_with_beam(candidates: Sequence, model_dir: str, work_dir: s
             f = tf.train.Example.FromString(rec.numpy()).features.feature
             rows.append((f["order"].int64_list.value[0], f["id"].bytes_list.value[0].decode(),
                          f["label"].bytes_list.value[0].decode(),
-                         f["path"].bytes_list.value[0].decode(),
+                         os.fsdecode(f["path"].bytes_list.value[0]),
                          np.asarray(f["embedding"].float_list.value, np.float32)))
     rows.sort(key=lambda r: r[0])
     failures = []

@@ -21,7 +21,8 @@ from pipeline import demo_data
 from conftest import load_fixture
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-CODES = {"empty", "too_many_bytes", "not_an_image", "bad_header", "too_many_pixels", "decode_failed",
+CODES = {"empty", "too_many_bytes", "not_an_image", "unsupported_format", "bad_header", "too_many_pixels",
+         "decode_failed",
          "missing", "unreadable", "outside_root", "no_label", "not_followed", "bad_manifest_row",
          "duplicate_id"}
 MB = 50 * 1024 * 1024
@@ -129,12 +130,14 @@ def test_zoo_formats_come_from_content_not_names(zoo, zoo_run):
     assert reasons["gamma/truncated.jpg"] == reasons["alpha/corrupt_idat.png"] == "decode_failed"
 
 
-def test_zoo_exif_orientation_is_kept_not_applied(zoo, zoo_run):
+def test_zoo_exif_orientation_is_reported_with_stored_sizes(zoo, zoo_run):
     _, entries = zoo
-    ex = next(ex for ex in _emitted(zoo_run) if ex["image_id"].endswith("rotated.jpg"))
-    # The fixture's "size" is the upright 32x48; we emit the stored 48x32 (what tf.io decodes).
+    ex = next(ex for ex in _emitted(zoo_run) if ex["image_id"].endswith("/rotated.jpg"))
+    # The fixture's "size" is the upright 32x48; the example carries the stored 48x32 (the
+    # bytes are kept as sent; the graph decoder turns them upright).
     assert (ex["width"], ex["height"]) == (48, 32) == tuple(reversed(entries[ex["image_id"]]["size"]))
-    assert zoo_run["summary"]["exif_rotated_not_applied"] == 1
+    rotated = [k for k, e in entries.items() if e["kind"].startswith("exif_rotated")]
+    assert zoo_run["summary"]["exif_rotated"] == len(rotated) == 3
 
 
 def test_zoo_files_in_equals_emitted_plus_reported(zoo, zoo_run):

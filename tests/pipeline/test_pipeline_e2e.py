@@ -1,5 +1,6 @@
 """The whole pipeline on a tiny config: ingestion with bad files, training, evaluation,
 blessing, push, serving, caching and the NOT_BLESSED path."""
+import io
 import json
 import os
 import pathlib
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from components.image_example_gen.inputs import display_name, from_display_name
 from conftest import load_fixture
 from pipeline import demo_report, local_runner
 from pipeline.config import load_config
@@ -23,6 +25,7 @@ def first_run(tmp_path_factory):
     data = root / "data"
     generate_landmarks(data, n_landmarks=8, views_per_landmark=5, size=72, seed=3)
     zoo = bad_images.write_image_zoo(data)  # labels alpha/beta/gamma beside the landmarks
+    zoo.update(bad_images.write_pipeline_extras(data, display_name))  # bombs, odd names, EXIF
     summary = local_runner.run(CONFIG, str(data), str(root / "out"))
     return {"root": root, "data": data, "zoo": zoo, "summary": summary}
 
@@ -173,3 +176,76 @@ def test_trainer_takes_exactly_train_steps_steps(first_run):
                   key=lambda p: int(p.parent.name))
     progress = json.loads(runs[0].read_text())
     assert progress["initial_step"] == 0 and progress["step"] == CONFIG.train_steps, progress
+
+
+# ---------------------------------------------------------------- hostile bytes (issue 10)
+@pytest.mark.parametrize("mode", ["serving", "transform"])
+def test_real_bombs_are_refused_cheaply_by_serving_and_the_transform_graph(first_run, mode, tmp_path):
+    good = next(first_run["data"].glob("landmark_*/*.jpg")).read_bytes()
+    results = load_fixture("refusal_probe").measure(  # 100-268 Mpx, 0.5-6 GB once decoded
+        mode, bad_images.bombs(), good, tmp_path, model=first_run["summary"]["pushed_to"])
+    for name, out in results.items():  # each followed by a good request that must work
+        assert "over the pixel cap" in out["refused"], (name, out)
+        assert out["seconds"] < 0.5 and out["grown_mb"] < 200, (name, out)
+
+
+def _transposed_by_pillow(data):
+    """The photo turned upright by Pillow's ImageOps.exif_transpose, as a PNG without EXIF."""
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as im:
+        out = io.BytesIO()
+        ImageOps.exif_transpose(im).convert("RGB").save(out, "PNG")
+    return out.getvalue()
+
+
+def test_exif_orientations_match_pillow_in_serving_and_the_transform_graph(first_run):
+    loaded = tf.saved_model.load(first_run["summary"]["pushed_to"])
+    serve, transform = loaded.signatures["serving_default"], loaded.signatures["transform_features"]
+
+    def transformed(blobs):
+        examples = [load_fixture("refusal_probe").raw_example(b) for b in blobs]
+        return transform(examples=tf.constant(examples))["image"].numpy()
+
+    for fmt in ("PNG", "JPEG"):
+        upright, rotated = bad_images.exif_orientations(fmt)
+        files = [rotated[v] for v in range(1, 9)]
+        pillow = [_transposed_by_pillow(b) for b in files]
+        # The Transform graph and serving against Pillow's exif_transpose of the same bytes.
+        np.testing.assert_allclose(transformed(files), transformed(pillow), atol=2.0 if fmt == "JPEG" else 1e-4)
+        got, want = (serve(images=tf.constant(b))["embedding"].numpy() for b in (files, pillow))
+        np.testing.assert_allclose(got, want, atol=0.01 if fmt == "JPEG" else 1e-5)
+        # And the same embedding as the upright photo (JPEG: each turn was re-encoded).
+        ref = serve(images=tf.constant([upright]))["embedding"].numpy()[0]
+        cosine = got @ ref
+        assert (cosine > 0.99).all() if fmt == "JPEG" else np.allclose(got, ref, atol=1e-5), (fmt, cosine)
+
+
+def test_formats_end_to_end(first_run):
+    formats = first_run["summary"]["ingestion"]["formats"]
+    assert formats["webp"] == 4 and formats["gif"] == 2 and formats["bmp"] == 2  # ingested and trained on
+    serve = tf.saved_model.load(first_run["summary"]["pushed_to"]).signatures["serving_default"]
+    zoo = first_run["zoo"]
+    webps = [pathlib.Path(v["path"]).read_bytes() for v in zoo.values() if v["kind"].startswith("webp")]
+    assert len(webps) == 3 and serve(images=tf.constant(webps))["embedding"].shape[0] == 3
+    for key, name in (("gamma/photo.heic", "HEIC"), ("alpha/photo.avif", "AVIF"), ("beta/scan.tiff", "TIFF")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"{name} is not supported: convert to JPEG"):
+            serve(images=tf.constant([pathlib.Path(zoo[key]["path"]).read_bytes()]))
+    with open(first_run["summary"]["ingestion_report"], "rb") as f:
+        reasons = {json.loads(line)["image_id"]: json.loads(line)["detail"] for line in f}
+    assert reasons["gamma/photo.heic"] == "HEIC is not supported: convert to JPEG"
+
+
+def test_any_file_name_is_ingested_with_a_reversible_id(first_run):
+    with open(first_run["summary"]["ingestion_report"], "rb") as f:
+        [json.loads(line.decode("utf-8")) for line in f]  # strict UTF-8, valid JSON
+    ids = set()
+    for split in ("train", "eval"):
+        ids.update(i.decode("utf-8") if isinstance(i, bytes) else i
+                   for i in demo_report.read_split(first_run["summary"]["examples"], split)[0])
+    names = {k for k, v in first_run["zoo"].items() if v["kind"] == "awkward_name"}
+    assert len(names) == len(bad_images.AWKWARD_NAMES) and names <= ids
+    for image_id in names:
+        assert os.path.isfile(os.path.join(os.fsencode(str(first_run["data"])),
+                                           os.fsencode(from_display_name(image_id))))
+
