@@ -3,7 +3,10 @@
 The recipe (authors): SGD with Nesterov momentum 0.9, weight decay 1e-4, lr 0.01 with linear
 warm-up then cosine decay. AdamW is offered for small fine-tuning runs.
 """
+import json
 import math
+import os
+from typing import Optional
 
 import tensorflow as tf
 
@@ -53,15 +56,70 @@ def make_optimizer(name="sgd", learning_rate=0.01, total_steps=1000, warmup_step
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {name!r}")
 
 
+# TF_CONFIG task types that train under MultiWorkerMirroredStrategy. Parameter servers
+# (ParameterServerStrategy) and a side-car evaluator are not part of this project's recipe.
+TRAINING_TASKS = ("chief", "worker")
+
+
+def training_cluster(tf_config: Optional[str] = None) -> Optional[dict]:
+    """The cluster of ``TF_CONFIG`` (or ``tf_config``) when it holds more than one training task.
+
+    Returns None when TF_CONFIG is unset or describes a single task: Vertex sets it for one
+    replica too, and a one-worker MultiWorkerMirroredStrategy only adds a gRPC server.
+    Raises ValueError naming the field when TF_CONFIG asks for something this module cannot run.
+    """
+    text = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
+    if not text.strip():
+        return None
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"TF_CONFIG is not JSON: {err}") from err
+    cluster = spec.get("cluster") or {}
+    others = sorted(set(cluster) - set(TRAINING_TASKS))
+    if others:
+        raise ValueError(f"TF_CONFIG cluster has {others}: only {list(TRAINING_TASKS)} tasks are "
+                         "supported (MultiWorkerMirroredStrategy, no parameter servers or evaluator)")
+    if sum(len(cluster.get(t, [])) for t in TRAINING_TASKS) <= 1:
+        return None
+    task = spec.get("task") or {}
+    if task.get("type") not in TRAINING_TASKS or not isinstance(task.get("index"), int):
+        raise ValueError(f"TF_CONFIG task {task!r}: needs type 'chief' or 'worker' and an integer index")
+    return cluster
+
+
 def choose_strategy(devices=None) -> tf.distribute.Strategy:
-    """MirroredStrategy over every GPU when there is more than one (or over `devices`),
-    otherwise the default strategy on the one device there is."""
+    """MultiWorkerMirroredStrategy when TF_CONFIG describes a cluster of several workers;
+    else MirroredStrategy over every GPU when there is more than one (or over `devices`);
+    otherwise the current strategy (the default one on the one device there is).
+
+    Call it before TensorFlow runs its first op: a multi-worker strategy configures the
+    collective ops, which TensorFlow accepts only before its context is initialised.
+    """
     if devices:
         return tf.distribute.MirroredStrategy(devices)
+    if training_cluster() is not None:
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy([g.name for g in gpus])
     return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files (serving model, TensorBoard, progress):
+    TensorFlow's own rule, the one BackupAndRestore and TensorBoard follow (the `chief` task,
+    or worker 0 when the cluster has no chief; always true outside a multi-worker cluster)."""
+    return bool(strategy.extended.should_checkpoint)
+
+
+def replicas_batch(global_batch: int, strategy: tf.distribute.Strategy) -> int:
+    """The per-replica batch: global = per-replica x replicas, so the global batch must divide."""
+    replicas = strategy.num_replicas_in_sync
+    if global_batch % replicas:
+        raise ValueError(f"batch_size={global_batch} is the global batch and must be a multiple of "
+                         f"the {replicas} replicas in sync (every replica gets the same share)")
+    return global_batch // replicas
 
 
 class StopAtStep(keras.callbacks.Callback):

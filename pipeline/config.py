@@ -34,6 +34,8 @@ class PipelineConfig:
       learning_rate, warmup_steps, weight_decay: the schedule (warm-up then cosine).
       augment: random resized crop, horizontal flip and colour jitter in training.
       mixed_precision: "auto" (on when a GPU is present), "on" or "off".
+      seed: seeds the weights' initialisation and the shuffle order; every worker of a
+        multi-worker run must draw the same order for the data to split into distinct shares.
       min_map: the Evaluator blesses only above this retrieval mAP.
       max_map_drop: and only if mAP fell by at most this much from the last blessed model.
       beam_mode: "in_memory" or "multi_processing" for the DirectRunner.
@@ -56,6 +58,7 @@ class PipelineConfig:
     weight_decay: float = 1e-4
     augment: bool = True
     mixed_precision: str = "auto"
+    seed: int = 0
     min_map: float = 0.0
     max_map_drop: Optional[float] = 0.01
     beam_mode: str = "in_memory"
@@ -84,6 +87,8 @@ class PipelineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(name, value, "must be an integer >= 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError("seed", self.seed, "must be an integer >= 0")
         if self.resize_mode not in ("pad", "squash"):
             raise ConfigError("resize_mode", self.resize_mode, "choose 'pad' or 'squash'")
         if self.optimizer not in ("sgd", "adamw"):

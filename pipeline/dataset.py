@@ -44,7 +44,19 @@ def augment_images(images):
     return colour_jitter(images)
 
 
-def make_dataset(file_pattern, data_accessor, tf_transform_output, batch_size, training, augment=True):
+def shard_files(file_pattern, num_shards: int, index: int):
+    """Shard ``index`` of ``num_shards`` by FILE when there are at least as many files as
+    shards (each worker then reads only its own files), else None: sharding by DATA is
+    needed, since a worker left without a file would hang the others' collectives."""
+    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+    files = sorted(f for pattern in patterns for f in tf.io.gfile.glob(pattern))
+    if len(files) < num_shards:
+        return None
+    return files[index::num_shards]
+
+
+def make_dataset(file_pattern, data_accessor, tf_transform_output, batch_size, training, augment=True,
+                 input_context=None, seed=None):
     """Batches of ({"image", "label"}, label) for the training model.
 
     Args:
@@ -54,10 +66,29 @@ def make_dataset(file_pattern, data_accessor, tf_transform_output, batch_size, t
       batch_size: the global batch size.
       training: shuffle, repeat and drop the last partial batch.
       augment: with training, apply the training augmentation.
+      input_context: a tf.distribute.InputContext (strategy.distribute_datasets_from_function):
+        the dataset is then this input pipeline's share, batched per replica (global batch /
+        replicas; the strategy hands consecutive batches to the local replicas), sharded by
+        file when there are enough files, else by batch before any image is decoded.
+      seed: the shuffle seed. Sharding by DATA needs one: every worker must draw the same
+        order, or the workers' batches would overlap.
     """
-    options = tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle=training,
+    shards, index, files = 1, 0, file_pattern
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+        shards, index = input_context.num_input_pipelines, input_context.input_pipeline_id
+    by_file = shard_files(file_pattern, shards, index) if shards > 1 else None
+    if by_file is not None:
+        files = by_file
+    elif shards > 1 and seed is None and training:
+        raise ValueError("sharding by DATA needs a shuffle seed shared by every worker")
+    options = tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle=training, shuffle_seed=seed,
                                              num_epochs=None if training else 1, drop_final_batch=training)
-    raw = data_accessor.tf_dataset_factory(file_pattern, options, tf_transform_output.raw_metadata.schema)
+    raw = data_accessor.tf_dataset_factory(files, options, tf_transform_output.raw_metadata.schema)
+    if shards > 1 and by_file is None:
+        # Same order everywhere (seeded), every worker keeps its own batches: before the
+        # transform map, so no worker decodes images it then throws away.
+        raw = raw.shard(shards, index)
     tft_layer = tf_transform_output.transform_features_layer()
 
     def transform(raw_features):
@@ -68,4 +99,10 @@ def make_dataset(file_pattern, data_accessor, tf_transform_output, batch_size, t
         labels = tf.cast(tf.reshape(out[F.LABEL], [-1]), tf.int32)
         return {F.IMAGE: images, F.LABEL: labels}, labels
 
-    return raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    data = raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    if input_context is not None:
+        # Sharded here already: tf.distribute must not shard again.
+        opts = tf.data.Options()
+        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        data = data.with_options(opts)
+    return data

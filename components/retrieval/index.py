@@ -181,9 +181,10 @@ class GalleryIndex:
             quantizer = faiss.IndexFlatIP(self.dim)
             index = faiss.IndexIVFPQ(quantizer, self.dim, self.nlist, self.pq_m, self.nbits,
                                      faiss.METRIC_INNER_PRODUCT)
-            # Training needs a sample, not the gallery: 256 points per list is plenty.
+            # Training needs a sample, not the gallery: faiss asks 39 points a centroid at least
+            # (k-means costs sample x nlist x dim per iteration: 1M vectors would take hours).
             n = len(self)
-            take = np.sort(np.random.default_rng(0).choice(n, min(n, max(256 * self.nlist, 100_000)), replace=False))
+            take = np.sort(np.random.default_rng(0).choice(n, min(n, max(39 * self.nlist, 50_000)), replace=False))
             index.train(self._rows(take))
         for shard in self._shards:
             index.add(np.ascontiguousarray(shard, dtype=np.float32))
