@@ -20,8 +20,9 @@ Two TensorFlow 2.21 decoder hazards are avoided by never handing them the raw by
 the GIF decoder decompresses every frame of an animation even when only the first is kept
 (a 2.6 MB GIF of 200 4000x4000 frames took 60 s and 3 GB), so a GIF is cut after its first
 frame; and the WebP decoder corrupts the heap (the process aborts) on animated WebP, so the
-first frame is re-wrapped as a still WebP first. Every op used exists in TensorFlow 2.19.1
-(the pinned TF Serving): WebP goes through DecodeImage, not DecodeWebP.
+first frame is re-wrapped as a still WebP first. Every op used is in the pinned TF Serving's
+op list (tests/kubeflow/testdata); WebP goes through DecodeImage, whose WebP support is what
+the pinned TensorFlow Serving needs (2.19's DecodeImage had none).
 
 Refused or undecodable bytes raise InvalidArgumentError, whose message says why.
 """
@@ -371,9 +372,9 @@ def _decode_gif(data, width, height, end, desc_at):
 
 
 def _webp_pixels(still):
-    """A still WebP's RGB. DecodeImage, not DecodeWebP: TensorFlow Serving 2.19 has no DecodeWebP
-    op and could not load the model (its DecodeImage refuses WebP instead); channels 0 because
-    channels=3 is refused for files with alpha."""
+    """A still WebP's RGB, through DecodeImage (the op every image path uses, so a server's
+    TensorFlow decodes WebP exactly when its DecodeImage does); channels 0 because channels=3
+    is refused for files with alpha."""
     return tf.io.decode_image(still, channels=0, dtype=tf.uint8, expand_animations=False)[:, :, :3]
 
 
