@@ -349,8 +349,10 @@ def generate_landmarks(out_dir, n_landmarks: int = 40, views_per_landmark: int =
 
 
 def gldv2_path(image_root, image_id_: str) -> pathlib.Path:
-    """GLDv2 layout: ``root/<id[0]>/<id[1]>/<id[2]>/<id>.jpg``."""
-    return pathlib.Path(image_root, image_id_[0], image_id_[1], image_id_[2], f"{image_id_}.jpg")
+    """GLDv2 layout: ``root/<id[0]>/<id[1]>/<id[2]>/<id>.jpg`` (ImageExampleGen's own rule)."""
+    from components.image_example_gen.inputs import gldv2_relpath
+
+    return pathlib.Path(image_root, *gldv2_relpath(image_id_).split("/"))
 
 
 def write_manifest_csv(out_dir, n_landmarks: int = 40, views_per_landmark: int = 10,

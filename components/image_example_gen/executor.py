@@ -37,6 +37,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
 from components.image_example_gen import checks, inputs
+from components.image_example_gen import features as F
 from components.image_example_gen import spec as s
 
 _REJECTED_TAG = "rejected"
@@ -55,12 +56,12 @@ def _int_feature(value: int) -> tf.train.Feature:
 def make_example(image: bytes, image_id: str, label: str, info: checks.ImageInfo) -> bytes:
     """The serialized tf.Example of one accepted file: original bytes, never pixels."""
     return tf.train.Example(features=tf.train.Features(feature={
-        "image": _bytes_feature(image),
-        "image_id": _bytes_feature(image_id.encode("utf-8")),
-        "label": _bytes_feature(label.encode("utf-8")),
-        "format": _bytes_feature(info.format.encode("ascii")),
-        "width": _int_feature(info.width),
-        "height": _int_feature(info.height),
+        F.IMAGE: _bytes_feature(image),
+        F.IMAGE_ID: _bytes_feature(image_id.encode("utf-8")),
+        F.LABEL: _bytes_feature(label.encode("utf-8")),
+        F.FORMAT: _bytes_feature(info.format.encode("ascii")),
+        F.WIDTH: _int_feature(info.width),
+        F.HEIGHT: _int_feature(info.height),
     })).SerializeToString()
 
 

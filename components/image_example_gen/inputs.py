@@ -231,20 +231,27 @@ def _scan_manifest(csv_path: str, root: str, labels_required: bool = True) -> li
         for row_no, row in enumerate(reader, start=2):  # row 1 is the header
             iid = (row.get("id") or "").strip()
             label = (row.get("landmark_id") or "").strip()
-            rel = (row.get("path") or "").strip()
-            image_id = iid or rel or f"<row {row_no}>"
+            given = (row.get("path") or "").strip()
+            image_id = iid or given or f"<row {row_no}>"
+            rel = given or (gldv2_relpath(iid) if iid else None) or ""
             problem = None
-            if (labels_required and not label) or not (iid or rel):
+            if (labels_required and not label) or not (iid or given):
                 problem = ("bad_manifest_row", f"row {row_no}: empty id/path or landmark_id")
-            elif not rel and len(iid) < 3:
+            elif not rel:
                 problem = ("bad_manifest_row", f"row {row_no}: id {iid!r} too short for the GLDv2 layout")
             elif image_id in seen:
                 problem = ("duplicate_id", f"row {row_no}: id {image_id!r} already listed")
-            if not rel and len(iid) >= 3:
-                rel = f"{iid[0]}/{iid[1]}/{iid[2]}/{iid}.jpg"
             seen.add(image_id)
             out.append(Candidate(image_id, label, root, rel, problem))
     return out
+
+
+def gldv2_relpath(image_id: str) -> Optional[str]:
+    """Where GLDv2 keeps an image under its image root, ``<id[0]>/<id[1]>/<id[2]>/<id>.jpg``;
+    None for an id shorter than 3 characters, which has no place in that layout."""
+    if len(image_id) < 3:
+        return None
+    return f"{image_id[0]}/{image_id[1]}/{image_id[2]}/{image_id}.jpg"
 
 
 def read_candidate(candidate: Candidate, max_bytes: int) -> bytes:

@@ -139,9 +139,12 @@ def _read_ids(csv_path: str) -> list:
 
 def gldv2_path(data_dir: str, split: str, image_id: str) -> str:
     """``<data_dir>/<split>/<a>/<b>/<c>/<id>.jpg``: the GLDv2 download's layout."""
-    if len(image_id) < 3:
+    from components.image_example_gen.inputs import gldv2_relpath
+
+    rel = gldv2_relpath(image_id)
+    if rel is None:
         raise ValueError(f"GLDv2 id {image_id!r} is too short for the <a>/<b>/<c> layout")
-    return os.path.join(data_dir, split, image_id[0], image_id[1], image_id[2], image_id + ".jpg")
+    return os.path.join(data_dir, split, *rel.split("/"))
 
 
 def load_gldv2(data_dir: str, solution_csv: str = GLDV2_SOLUTION) -> RetrievalSet:
