@@ -4,10 +4,11 @@ import os
 import click
 
 
-def _run_pipeline(config, data, output, verbose, preset, after=None, **kwargs):
+def _run_pipeline(config, data, output, verbose, preset, before=None, after=None, **kwargs):
     """local_runner.run behind a quiet console (one line per component; everything in a log
     file under the output; the whole stream with --verbose), then the run's report.html.
-    ``after(summary) -> str`` runs inside the console too (its noise goes to the log).
+    ``before() -> str`` and ``after(summary) -> str`` run inside the console too (their noise
+    goes to the log; before's text is said on the console).
     Returns (summary, report path, log path, after's text); refusals (output held by another run, an
     unreadable artifact) become one-line CLI errors."""
     import datetime
@@ -20,6 +21,8 @@ def _run_pipeline(config, data, output, verbose, preset, after=None, **kwargs):
     layout = local_runner.Layout(os.path.abspath(output))
     try:
         with Console(log_path, verbose) as console:
+            if before is not None:
+                console.say(before())
             console.say(f"Running the pipeline on {os.path.abspath(data)} (preset {preset}); "
                         f"full log: {log_path}")
             lines = ComponentLines(console, lambda name: run_facts.component_result(layout, name, config))
@@ -92,12 +95,16 @@ def demo(output, landmarks, views, preset, config_file, verbose):
 
     config = _load(preset, config_file)
     data = os.path.join(output, "data")
-    if not os.path.isdir(data):
+
+    def draw_data():
+        if os.path.isdir(data):
+            return f"Using the synthetic landmarks in {os.path.abspath(data)}"
         info = generate_landmarks(data, n_landmarks=landmarks, views_per_landmark=views,
                                   size=max(160, config.model.image_size), seed=0)
-        click.echo(f"Generated {info['n_images']} images of {landmarks} synthetic landmarks in {os.path.abspath(data)}")
+        return f"Generated {info['n_images']} images of {landmarks} synthetic landmarks in {os.path.abspath(data)}"
+
     summary, report, log_path, closing = _run_pipeline(
-        config, data, os.path.join(output, "run"), verbose, preset,
+        config, data, os.path.join(output, "run"), verbose, preset, before=draw_data,
         after=lambda summary: demo_report.report(config, summary))
     click.echo(closing)
     _closing_lines(summary, report, log_path)
