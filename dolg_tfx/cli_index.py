@@ -35,11 +35,20 @@ def index_group():
               help="Index directory to write.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "exact", "hnsw"]),
-              help="auto: faiss HNSW from 20,000 images when faiss is installed, else exact.")
+              type=click.Choice(["auto", "exact", "hnsw", "ivfpq"]),
+              help="auto: exact below 20,000 images (or without faiss), faiss HNSW above, IVF-PQ "
+                   "when the vectors exceed --memory-budget.")
+@click.option("--memory-budget", default=16.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="GiB of float32 vectors an in-memory index (exact, HNSW) may hold; auto only.")
 @click.option("--max-bytes", default=DEFAULT_MAX_BYTES, show_default=True,
               type=click.IntRange(min=1), help="Skip image files larger than this.")
-def build(model_dir, images, images_subdir, output, batch_size, backend, max_bytes):
+@click.option("--beam-arg", "beam_args", multiple=True, metavar="ARG",
+              help="A Beam pipeline argument for the embedding, repeatable, as for the pipeline "
+                   "(e.g. --beam-arg=--runner=DataflowRunner; then give --work-dir on gs://).")
+@click.option("--work-dir", default=None,
+              help="Where Beam writes the embedding shards (default: a local temporary folder).")
+def build(model_dir, images, images_subdir, output, batch_size, backend, memory_budget, max_bytes, beam_args,
+          work_dir):
     """Embed a gallery with a Beam pipeline and write a searchable index."""
     from components.image_example_gen import scan_inputs
     from components.retrieval.gallery_embedding import embed_candidates_with_beam
@@ -55,7 +64,8 @@ def build(model_dir, images, images_subdir, output, batch_size, backend, max_byt
         raise click.ClickException(f"{images}: no images found")
     # Beam's shards are scratch: they live beside nothing the user owns and go when done.
     with tempfile.TemporaryDirectory(prefix="dolg-tfx-index-") as work:
-        res = embed_candidates_with_beam(candidates, model_dir, work, batch_size, max_bytes)
+        res = embed_candidates_with_beam(candidates, model_dir, work_dir or work, batch_size, max_bytes,
+                                         pipeline_args=beam_args)
     for f in res.failures:
         click.echo(f"skipped {f.path}: {f.reason}", err=True)
     if not res.ids:
@@ -63,7 +73,7 @@ def build(model_dir, images, images_subdir, output, batch_size, backend, max_byt
     try:
         labels = res.labels if any(res.labels or ()) else None  # an unlabelled gallery
         index = GalleryIndex(res.ids, res.embeddings, labels=labels, paths=res.paths,
-                             model=model_dir, backend=backend)
+                             model=model_dir, backend=backend, memory_budget=int(memory_budget * 2**30))
     except (ImportError, ValueError) as err:
         raise click.ClickException(str(err))
     index.save(output)
@@ -84,7 +94,7 @@ def build(model_dir, images, images_subdir, output, batch_size, backend, max_byt
               help="The query's label (default: inferred from the gallery or its folder).")
 @click.option("--box", nargs=4, type=float, default=None, metavar="X1 Y1 X2 Y2",
               help="Crop the query to this box (pixels) before embedding.")
-@click.option("--exact", is_flag=True, help="Search exactly even if the index has an HNSW graph.")
+@click.option("--exact", is_flag=True, help="Search exactly even if the index has a faiss (HNSW or IVF-PQ) index.")
 def search(image, index_dir, model_dir, k, grid, label, box, exact):
     """Print the gallery images nearest to IMAGE: rank, score, id, label (tab-separated)."""
     import tensorflow as tf
@@ -118,6 +128,7 @@ def search(image, index_dir, model_dir, k, grid, label, box, exact):
     if emb.shape[1] != index.dim:
         raise click.ClickException(f"the model gives dim {emb.shape[1]}, the index has {index.dim}")
     scores, rows = index.search(emb, k, exact=exact)
+    click.echo(f"answered by {index.answered_by(exact)}", err=True)
     query_label = label if label is not None else infer_query_label(image, index)
     results = []
     for rank, (score, row) in enumerate(zip(scores[0], rows[0]), start=1):

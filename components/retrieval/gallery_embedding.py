@@ -85,13 +85,16 @@ def embed_candidates_with_beam(candidates: Sequence, model_dir: str, work_dir: s
 
     The pipeline writes embeddings as TFRecord shards of tf.train.Example and failures as JSON
     lines under ``work_dir``; they are read back here and ordered like ``candidates``.
+    ``pipeline_args`` are Beam's (the pipeline's ``--beam-arg``s): with
+    ``--runner=DataflowRunner`` the workers embed, ``work_dir`` must be on storage they write
+    (gs://) and the image paths must be readable there too.
     A custom DoFn rather than tfx_bsl's RunInference: RunInference feeds serialized
     tf.Examples to the model, while this model takes raw image bytes, and per-image failure
     isolation needs the batch-then-singles retry above.
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    os.makedirs(work_dir, exist_ok=True)
+    tf.io.gfile.makedirs(work_dir)  # any TensorFlow file system: on Dataflow, gs://
     emb_prefix, fail_prefix = os.path.join(work_dir, "embeddings"), os.path.join(work_dir, "failures")
     options = PipelineOptions(list(pipeline_args) or ["--runner=DirectRunner",
                                                       "--direct_num_workers=1"])
@@ -119,7 +122,7 @@ def embed_candidates_with_beam(candidates: Sequence, model_dir: str, work_dir: s
     rows.sort(key=lambda r: r[0])
     failures = []
     for name in sorted(tf.io.gfile.glob(fail_prefix + "*.jsonl")):
-        with open(name, encoding="utf-8") as fh:
+        with tf.io.gfile.GFile(name) as fh:
             failures.extend(json.loads(line) for line in fh if line.strip())
     failures.sort(key=lambda d: d["order"])
     dim = len(rows[0][4]) if rows else 0
