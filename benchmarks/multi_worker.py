@@ -93,7 +93,7 @@ def main():
         ["run", "replicas x batch", "steps/s", "wall s (incl. start-up, export)"],
         [[r["run"], f"{r['replicas']} x {r['per_replica']}", f"{r['steps_per_s']:.2f}", f"{r['wall_s']:.0f}"]
          for r in rows])
-    note = (f"\nTiny preset (MobileNetV3-Small, 64 px), global batch {rows[0]['per_replica']}, "
+    note = (f"\n\nTiny preset (MobileNetV3-Small, 64 px), global batch {rows[0]['per_replica']}, "
             f"{steps} steps; steps/s after the first epoch. Two workers / one process: {ratio:.2f}x. "
             "On 2 shared cores the two workers split the CPU the one process has: the ratio "
             "shows the collective's overhead (all-reduce over gRPC, a second input pipeline), "
