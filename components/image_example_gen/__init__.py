@@ -1,11 +1,11 @@
 """ImageExampleGen: images (folder tree or GLDv2 CSV) in, validated label-disjoint Examples out.
 
 The TFX parts (``ImageExampleGen``, ``IngestionReport``, ``Executor``) are loaded on first
-use, so ``from components.image_example_gen import scan_inputs, check_image`` stays plain
+use, so ``from components.image_example_gen import scan_inputs, inspect_image`` stays plain
 Python (Pillow only) and does not pay TFX's import (seconds, a gigabyte) in the CLI.
 """
 import dolg_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from components.image_example_gen.checks import ImageCheck, ImageInfo, Rejected, check_image, inspect_image
+from components.image_example_gen.checks import ImageInfo, Rejected, inspect_image
 from components.image_example_gen.inputs import Candidate, assign_splits, label_bucket, scan_inputs
 
 _LAZY = {
@@ -15,7 +15,7 @@ _LAZY = {
     "Executor": ("components.image_example_gen.executor", "Executor"),
 }
 
-__all__ = ["Candidate", "ImageCheck", "ImageInfo", "Rejected", "assign_splits", "check_image",
+__all__ = ["Candidate", "ImageInfo", "Rejected", "assign_splits",
            "inspect_image", "label_bucket", "scan_inputs", *_LAZY]
 
 

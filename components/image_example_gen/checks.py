@@ -132,15 +132,6 @@ class ImageInfo(NamedTuple):
     orientation: int  # EXIF orientation tag (Pillow's reading), 1 when absent; the graph applies it
 
 
-class ImageCheck(NamedTuple):
-    """Result of ``check_image``: ``reason`` is None when ``ok``."""
-    ok: bool
-    reason: Optional[str]
-    format: Optional[str]
-    width: Optional[int]
-    height: Optional[int]
-
-
 def _matches(data: bytes, alternatives) -> bool:
     return any(all(data[off:off + len(sig)] == sig for off, sig in alt) for alt in alternatives)
 
@@ -442,22 +433,3 @@ def _graph_decode(data: bytes, fmt: str, width: int, height: int, max_pixels: in
         raise Rejected("decode_failed", f"TensorFlow decoded {shape[1]}x{shape[0]}, "
                        f"header says {width}x{height}", fmt, width, height)
 
-
-def check_image(data: bytes, max_bytes: int, max_pixels: int, tf_check: bool = False) -> ImageCheck:
-    """Non-raising form of ``inspect_image``, for callers outside TFX (the CLI).
-
-    Args:
-      data: the file's bytes.
-      max_bytes: largest accepted file size in bytes.
-      max_pixels: largest accepted width * height, checked from the header before decoding.
-      tf_check: also run the graph decoder.
-
-    Returns:
-      ImageCheck(ok, reason, format, width, height); ``reason`` is a code from the module
-      docstring, None when ok. Format and dimensions are filled in as far as the checks got.
-    """
-    try:
-        info = inspect_image(data, max_bytes, max_pixels, tf_check)
-    except Rejected as r:
-        return ImageCheck(False, r.reason, r.format, r.width, r.height)
-    return ImageCheck(True, None, info.format, info.width, info.height)

@@ -16,7 +16,7 @@ import tensorflow as tf
 from PIL import Image
 
 from components.image_example_gen import checks, inputs
-from components.image_example_gen import assign_splits, check_image, label_bucket, scan_inputs
+from components.image_example_gen import assign_splits, label_bucket, scan_inputs
 from pipeline import demo_data
 from conftest import load_fixture
 
@@ -172,19 +172,19 @@ def test_pixel_cap_is_checked_from_the_header_before_pillow(zoo, monkeypatch):
 
     monkeypatch.setattr(checks.Image, "open", lambda *a, **k: pytest.fail("Pillow was asked to open it"))
     t0 = time.perf_counter()
-    result = check_image(data, MB, 40_000_000)
+    result = bad_images.verdict(data, MB, 40_000_000)
     # A safety bound (decoding 3.6 G pixels would take minutes and 10 GB), not a speed target.
     assert time.perf_counter() - t0 < 10.0
     assert result == (False, "too_many_pixels", "png", 60000, 60000)
     with pytest.raises(pytest.fail.Exception, match="Pillow was asked"):  # under a bigger cap, Pillow is next
-        check_image(data, MB, 4_000_000_000)
+        bad_images.verdict(data, MB, 4_000_000_000)
 
 
 @pytest.mark.parametrize("tf_check", [False, True])
-def test_check_image_agrees_with_the_zoo(zoo, tf_check):
+def test_file_check_agrees_with_the_zoo(zoo, tf_check):
     _, entries = zoo
     for key, e in entries.items():
-        ok, reason, fmt, w, h = check_image(pathlib.Path(e["path"]).read_bytes(), MB, 40_000_000, tf_check)
+        ok, reason, fmt, w, h = bad_images.verdict(pathlib.Path(e["path"]).read_bytes(), MB, 40_000_000, tf_check)
         assert ok == (e["expect"] == "ok"), (key, reason)
         assert (reason is None) == ok and (reason in CODES or ok)
 
@@ -202,8 +202,8 @@ def test_byte_cap(zoo, tmp_path):
     _, entries = zoo
     path = entries["alpha/good_0.jpg"]["path"]
     data = pathlib.Path(path).read_bytes()
-    assert check_image(data, len(data) - 1, 40_000_000).reason == "too_many_bytes"
-    assert check_image(data, len(data), 40_000_000).ok
+    assert bad_images.verdict(data, len(data) - 1, 40_000_000)[1] == "too_many_bytes"
+    assert bad_images.verdict(data, len(data), 40_000_000)[0]
     cand = inputs.Candidate("x", "alpha", str(pathlib.Path(path).parent), "good_0.jpg")
     with pytest.raises(checks.Rejected, match="too_many_bytes"):
         inputs.read_candidate(cand, len(data) - 1)
@@ -401,7 +401,7 @@ def test_compiles_for_kubeflow_v2(tmp_path):
 
 
 def test_plain_helpers_do_not_import_tfx():
-    code = ("import sys; from components.image_example_gen import scan_inputs, check_image; "
+    code = ("import sys; from components.image_example_gen import scan_inputs, inspect_image; "
             "assert 'tfx' not in sys.modules and 'tensorflow' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 

@@ -162,10 +162,10 @@ def test_pillow_only_ingestion_agrees_on_every_unmutated_file(corpus):
 
 def test_ingestion_with_tf_check_runs_the_graph_decoder(corpus, monkeypatch):
     data = corpus["alpha/lossy.webp"]
-    assert checks.check_image(data, MB, CAP, tf_check=True).ok
+    assert bad_images.verdict(data, MB, CAP, tf_check=True)[0]
     monkeypatch.setattr(image_ops, "decode_eager", lambda *a: (_ for _ in ()).throw(
         tf.errors.InvalidArgumentError(None, None, "refused by the graph")))
-    assert checks.check_image(data, MB, CAP, tf_check=True).reason == "decode_failed"
+    assert bad_images.verdict(data, MB, CAP, tf_check=True)[1] == "decode_failed"
 
 
 def test_header_size_matches_pillow_over_the_corpus(corpus):
