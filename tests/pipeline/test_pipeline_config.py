@@ -62,19 +62,20 @@ def test_run_command_passes_beam_mode_to_the_pipeline(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from dolg_tfx.cli import main
-    from pipeline import local_runner
+    from pipeline import local_runner, run_report
 
     seen = {}
 
-    def fake_run(config, data, output, enable_cache=True, verbose=True):
-        seen.update(config=config, data=data, cache=enable_cache)
+    def fake_run(config, data, output, enable_cache=True, verbose=True, preset=None, watch=None):
+        seen.update(config=config, data=data, cache=enable_cache, preset=preset)
         return {"run": "r", "components": {}}
 
     monkeypatch.setattr(local_runner, "run", fake_run)
+    monkeypatch.setattr(run_report, "write_report", lambda output: f"{output}/report.html")
     result = CliRunner().invoke(main, ["run", "--data", str(tmp_path), "--output", str(tmp_path / "o"),
                                        "--preset", "tiny", "--beam-mode", "multi_processing",
                                        "--beam-workers", "3", "--no-cache"])
     assert result.exit_code == 0, result.output
     assert seen["config"].beam_mode == "multi_processing" and seen["config"].beam_workers == 3
-    assert seen["cache"] is False
+    assert seen["cache"] is False and seen["preset"] == "tiny"
     assert "--direct_num_workers=3" in beam_pipeline_args(seen["config"])
