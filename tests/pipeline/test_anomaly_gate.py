@@ -67,14 +67,14 @@ def test_clean_data_passes(tmp_path, root):
 def test_schema_violations_stop_the_run_naming_split_and_feature(tmp_path, root):
     artifact = _anomalies_artifact(tmp_path, {
         "train": [_example("jpeg")],
-        "eval": [_example("webp"), _example("jpeg", width=0)]}, root)
+        "eval": [_example("tiff"), _example("jpeg", width=0)]}, root)
     lines = describe_anomalies(artifact)
-    assert any(l.startswith('split eval: feature "format"') and "webp" in l for l in lines), lines
+    assert any(l.startswith('split eval: feature "format"') and "tiff" in l for l in lines), lines
     assert any(l.startswith('split eval: feature "width"') for l in lines), lines
     assert not any(l.startswith("split train") for l in lines)
     with pytest.raises(RuntimeError, match="schemas/schema.pbtxt") as err:
         raise_on_anomalies(artifact)
-    assert "webp" in str(err.value)
+    assert "tiff" in str(err.value)
 
 
 def test_a_missing_anomalies_file_stops_the_run_naming_split_and_path(tmp_path, root):
