@@ -17,8 +17,8 @@ On disk (``save``/``load``) an index is a directory::
     ids.json                       the gallery ids, in row order
     embeddings-SSSSS-of-NNNNN.npy  float32 rows in shards of at most SHARD_ROWS, row order
     faiss.index                    the HNSW graph or the IVF-PQ codes (those backends only)
-    meta.json                      format, model, dim, count, backend, parameters, shards,
-                                   labels, paths
+    meta.json                      format, model, model_version, dim, count, backend,
+                                   parameters, shards, labels, paths
 
 ``meta.json`` is written last, so a directory with it is complete. ``load`` maps the shards
 (numpy mmap): the HNSW and IVF-PQ backends never read all the vectors into memory.
@@ -133,7 +133,7 @@ class GalleryIndex:
 
     def __init__(self, ids: Sequence[str], embeddings, labels: Optional[Sequence[str]] = None,
                  paths: Optional[Sequence[str]] = None, model: Optional[str] = None,
-                 backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                 model_version: Optional[int] = None, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET,
                  hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 128,
                  nlist: Optional[int] = None, pq_m: Optional[int] = None, nbits: Optional[int] = None,
                  nprobe: int = NPROBE,
@@ -159,6 +159,9 @@ class GalleryIndex:
         self.labels = None if labels is None else [str(v) for v in labels]
         self.paths = None if paths is None else [str(v) for v in paths]
         self.model = model
+        # The version folder of the model that embedded the gallery (TF Serving's integer name):
+        # what a search checks its model against (model_versions.check_index_matches_model).
+        self.model_version = None if model_version is None else int(model_version)
         self.hnsw_m, self.ef_construction, self.ef_search = hnsw_m, ef_construction, ef_search
         default_nlist, default_m, default_bits = ivfpq_parameters(max(count, 1), self.dim)
         self.nlist, self.pq_m, self.nprobe = nlist or default_nlist, pq_m or default_m, nprobe
@@ -281,6 +284,7 @@ class GalleryIndex:
         if self._faiss is not None:
             faiss_or_none().write_index(self._faiss, os.path.join(directory, "faiss.index"))
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model,
+                "model_version": self.model_version,
                 "dim": self.dim, "count": len(self), "backend": self.backend, "shards": names,
                 "hnsw": {"m": self.hnsw_m, "ef_construction": self.ef_construction,
                          "ef_search": self.ef_search},
@@ -327,7 +331,7 @@ class GalleryIndex:
         # The vectors were checked when the index was built; scanning them here would read
         # every shard from disk.
         return cls(ids, shards, labels=meta.get("labels"), paths=meta.get("paths"),
-                   model=meta.get("model"), backend=want, hnsw_m=hnsw.get("m", 32),
+                   model=meta.get("model"), model_version=meta.get("model_version"), backend=want, hnsw_m=hnsw.get("m", 32),
                    ef_construction=hnsw.get("ef_construction", 200),
                    ef_search=hnsw.get("ef_search", 128), nlist=ivf.get("nlist"), pq_m=ivf.get("m"), nbits=ivf.get("nbits"),
                    nprobe=ivf.get("nprobe", NPROBE), _faiss_index=graph, _check_finite=False)

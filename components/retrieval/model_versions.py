@@ -72,3 +72,65 @@ def remove_incomplete_versions(base: str) -> List[str]:
             tf.io.gfile.rmtree(version)
             removed.append(version)
     return removed
+
+
+def model_digest(model_dir: str) -> str:
+    """A SHA-256 over every file of a SavedModel folder (relative names and bytes, in sorted
+    order): the model's identity whatever folder or version number it was copied to.
+
+    The Pusher copies the Trainer's files byte for byte, so a model pushed again under a new
+    version has the same digest, and a retrained one (new weights) a different one. The
+    gallery's embedding cache is keyed by it (``components.gallery_index``).
+    """
+    import hashlib
+
+    import tensorflow as tf
+
+    base = model_dir.rstrip("/")
+    names = []
+    for folder, _, files in tf.io.gfile.walk(base):
+        rel = folder[len(base):].strip("/")
+        names += [f"{rel}/{name}" if rel else name for name in files]
+    if SAVED_MODEL_FILE not in names:
+        raise FileNotFoundError(f"{model_dir}: no {SAVED_MODEL_FILE} (not a SavedModel folder)")
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(name.encode("utf-8") + b"\0")
+        with tf.io.gfile.GFile(_join(base, name), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+class VersionMismatch(ValueError):
+    """A gallery index and a model that are not a pair (the message names both versions)."""
+
+
+def check_index_matches_model(index_version, index_dir: str, model_dir: str) -> None:
+    """Refuses to search an index with a model of another version.
+
+    An index pushed by the pipeline records the version of the model that embedded it
+    (``GalleryIndex.model_version``); the model's version is its folder's integer name (TF
+    Serving's layout). Embeddings of two models live in unrelated spaces, so a mismatch would
+    return confident nonsense; an index that records no version (built by hand from an
+    unversioned folder) is not checked.
+
+    Raises:
+      VersionMismatch: the versions differ, or the model is not in a version folder.
+    """
+    from components.retrieval.serving_contract import model_version
+
+    if index_version is None:
+        return
+    given = model_version(model_dir)
+    if given is None:
+        raise VersionMismatch(
+            f"the index {index_dir} was built with model version {index_version}, but the model "
+            f"{model_dir} is not a version folder <base>/<version>/, so the pair cannot be checked; "
+            f"give the pushed model of version {index_version}")
+    if int(given) != int(index_version):
+        raise VersionMismatch(
+            f"the index {index_dir} was built with model version {index_version}, but the model "
+            f"{model_dir} is version {given}: their embeddings are not comparable. Search the index "
+            f"of version {given} (the pipeline pushes it beside the model) or use model version "
+            f"{index_version}")

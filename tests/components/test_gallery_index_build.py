@@ -1,0 +1,93 @@
+"""The gallery index's incremental build (components.gallery_index.build) and the version check
+of an index against a model (model_versions.check_index_matches_model), with real SavedModels
+(the stand-in: tests/fixtures/stand_in_model.py) and the real Beam embedding.
+
+The cache key is the model's digest plus each file's path, size and modification time: the same
+model pushed again under a new version reuses every embedding; a new file, or a changed one, is
+the only one embedded; another model embeds everything again.
+"""
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from components.gallery_index.build import build_index, index_version_dir
+from components.image_example_gen import scan_inputs
+from components.retrieval.embedder import Embedder
+from components.retrieval.index import GalleryIndex
+from components.retrieval.model_versions import VersionMismatch, check_index_matches_model, model_digest
+from conftest import load_fixture
+from pipeline.demo_data import generate_landmarks
+
+stand_in = load_fixture("stand_in_model")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gallery_build")
+    serving = root / "serving_model"
+    stand_in.save_stand_in_model(serving / "1", dim=16)
+    gallery = root / "gallery"
+    generate_landmarks(gallery, n_landmarks=2, views_per_landmark=3, size=48, seed=3)
+    return root, serving, gallery
+
+
+def _build(root, model_dir, version, gallery):
+    return build_index(scan_inputs(str(gallery), labels_required=False), str(model_dir), version,
+                       str(root / "gallery_index"), str(root / "work" / str(version)))
+
+
+def _own_embeddings(model_dir, index):
+    """The model's embeddings of the index's files, computed here without the cache or Beam."""
+    embedder = Embedder(str(model_dir))
+    return embedder.embed_bytes([open(p, "rb").read() for p in index.paths])
+
+
+def test_incremental_builds_embed_only_what_changed(setup):
+    root, serving, gallery = setup
+    first = _build(root, serving / "1", 1, gallery)
+    assert (first.images, first.embedded, first.reused) == (6, 6, 0)
+    index = GalleryIndex.load(first.index_dir)
+    assert first.index_dir == index_version_dir(str(root / "gallery_index"), 1)
+    assert index.model_version == 1 and len(index) == 6
+    np.testing.assert_allclose(index.embeddings, _own_embeddings(serving / "1", index), atol=1e-6)
+
+    # The same model pushed again under version 2: same digest, nothing embedded.
+    shutil.copytree(serving / "1", serving / "2")
+    assert model_digest(str(serving / "2")) == first.model_digest
+    again = _build(root, serving / "2", 2, gallery)
+    assert (again.embedded, again.reused) == (0, 6)
+    second = GalleryIndex.load(again.index_dir)
+    assert second.model_version == 2
+    np.testing.assert_array_equal(second.embeddings, index.embeddings)
+
+    # One image added and one touched: exactly those two are embedded.
+    added = gallery / "landmark_000" / "added.jpg"
+    shutil.copy(gallery / "landmark_001" / "landmark_001_00.jpg", added)
+    touched = gallery / "landmark_000" / "landmark_000_00.jpg"
+    os.utime(touched, ns=(10**9, 10**9))
+    third = _build(root, serving / "2", 2, gallery)
+    assert (third.images, third.embedded, third.reused) == (7, 2, 5)
+    index = GalleryIndex.load(third.index_dir)
+    np.testing.assert_allclose(index.embeddings, _own_embeddings(serving / "2", index), atol=1e-6)
+
+    # Another model (other weights and width): its cache is empty, everything is embedded.
+    stand_in.save_stand_in_model(serving / "3", dim=8)
+    assert model_digest(str(serving / "3")) != first.model_digest
+    other = _build(root, serving / "3", 3, gallery)
+    assert (other.embedded, other.reused) == (7, 0)
+    index = GalleryIndex.load(other.index_dir)
+    assert index.dim == 8 and index.model_version == 3
+    np.testing.assert_allclose(index.embeddings, _own_embeddings(serving / "3", index), atol=1e-6)
+
+
+def test_version_check_names_both_versions(tmp_path):
+    serving = tmp_path / "serving_model"
+    stand_in.save_stand_in_model(serving / "17", dim=4)
+    check_index_matches_model(17, "idx", str(serving / "17"))  # a pair: no error
+    check_index_matches_model(None, "idx", str(serving / "17"))  # a hand-built index: unchecked
+    with pytest.raises(VersionMismatch, match=r"built with model version 16, but the model .*/17 is version 17"):
+        check_index_matches_model(16, "idx", str(serving / "17"))
+    with pytest.raises(VersionMismatch, match="not a version folder"):
+        check_index_matches_model(16, "idx", str(tmp_path / "Format-Serving"))
