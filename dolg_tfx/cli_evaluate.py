@@ -3,6 +3,8 @@ Parses and prints; the scoring is ``components.retrieval.evaluation``."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 
 import click
 
@@ -41,11 +43,13 @@ def format_report(report: dict) -> list[str]:
 @click.option("--scales", default=None, metavar="S1,S2,...",
               help="Multi-scale descriptor scales, e.g. 0.7071,1,1.4142 (default: those the model "
                    "was exported with).")
-def evaluate(data_dir, model_dir, protocol, batch_size, json_out, scales):
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show every log line (TensorFlow) on the console too; the full log is always kept "
+                   "in a file, beside --json or else in the system's temporary folder.")
+def evaluate(data_dir, model_dir, protocol, batch_size, json_out, scales, verbose):
     """Score a pushed model on a standard retrieval benchmark."""
     from components.retrieval import datasets
-    from components.retrieval.embedder import Embedder
-    from components.retrieval.evaluation import EvaluationError, evaluate_set
+    from pipeline.console import Console, log_path
 
     try:
         ds = datasets.load(protocol, data_dir)
@@ -55,18 +59,35 @@ def evaluate(data_dir, model_dir, protocol, batch_size, json_out, scales):
         scale_list = [float(v) for v in scales.split(",")] if scales else None
     except ValueError:
         raise click.BadParameter(f"{scales!r} is not a comma-separated list of numbers", param_hint="--scales")
+    log = log_path(os.path.dirname(os.path.abspath(json_out)) if json_out else
+                   os.path.join(tempfile.gettempdir(), "dolg-tfx"), "evaluate")
+    failures = []
     try:
-        embedder = Embedder(model_dir, scales=scale_list)
-    except (OSError, ValueError) as err:
-        raise click.ClickException(f"cannot load the model: {err}")
-    try:
-        report = evaluate_set(ds, embedder, batch_size,
-                              report_failure=lambda f: click.echo(f"skipped {f.path}: {f.reason}", err=True))
-    except EvaluationError as err:
-        raise click.ClickException(str(err))
+        # Skipped images are printed after the console, where the user reads them, not in the log.
+        with Console(log, verbose) as console, console.showing_progress():
+            console.say(f"Evaluating {model_dir} on {protocol} ({data_dir}); full log: {log}")
+            report = _score(ds, model_dir, scale_list, batch_size, failures.append)
+    finally:
+        for f in failures:
+            click.echo(f"skipped {f.path}: {f.reason}", err=True)
     for line in format_report(report):
         click.echo(line)
     if json_out:
         with open(json_out, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=1)
         click.echo(f"wrote {json_out}")
+    click.echo(f"Full log: {log}")
+
+
+def _score(ds, model_dir, scale_list, batch_size, report_failure) -> dict:
+    from components.retrieval.embedder import Embedder
+    from components.retrieval.evaluation import EvaluationError, evaluate_set
+
+    try:
+        embedder = Embedder(model_dir, scales=scale_list)
+    except (OSError, ValueError) as err:
+        raise click.ClickException(f"cannot load the model: {err}")
+    try:
+        return evaluate_set(ds, embedder, batch_size, report_failure=report_failure)
+    except EvaluationError as err:
+        raise click.ClickException(str(err))

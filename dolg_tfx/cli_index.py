@@ -47,9 +47,32 @@ def index_group():
                    "(e.g. --beam-arg=--runner=DataflowRunner; then give --work-dir on gs://).")
 @click.option("--work-dir", default=None,
               help="Where Beam writes the embedding shards (default: a local temporary folder).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show every log line (TensorFlow, Beam) on the console too; the full log is always "
+                   "kept in OUTPUT/logs/.")
 def build(model_dir, images, images_subdir, output, batch_size, backend, memory_budget, max_bytes, beam_args,
-          work_dir):
+          work_dir, verbose):
     """Embed a gallery with a Beam pipeline and write a searchable index."""
+    from pipeline.console import Console, log_path
+
+    log = log_path(output, "index-build")
+    # The console shows the steps and a bar over the images; TensorFlow's and Beam's notices go
+    # to the log. What the user must read (skipped files, the result) is printed after it.
+    with Console(log, verbose) as console, console.showing_progress():
+        console.say(f"Building a gallery index from {os.path.abspath(images)}; full log: {log}")
+        index, n_candidates, failures = _build_index(
+            console, model_dir, images, images_subdir, output, batch_size, backend, memory_budget, max_bytes,
+            beam_args, work_dir)
+    for f in failures:
+        click.echo(f"skipped {f.path}: {f.reason}", err=True)
+    click.echo(f"indexed {len(index)} of {n_candidates} images ({len(failures)} skipped), "
+               f"dim {index.dim}, backend {index.backend} -> {output}")
+    click.echo(f"Full log: {log}")
+
+
+def _build_index(console, model_dir, images, images_subdir, output, batch_size, backend, memory_budget, max_bytes,
+                 beam_args, work_dir):
+    """The steps of `index build`; returns (index, candidates found, failures)."""
     from components.image_example_gen import scan_inputs
     from components.retrieval.gallery_embedding import embed_candidates_with_beam
     from components.retrieval.serving_contract import resolve_model_dir
@@ -62,23 +85,24 @@ def build(model_dir, images, images_subdir, output, batch_size, backend, memory_
         raise click.ClickException(str(err))
     if not candidates:
         raise click.ClickException(f"{images}: no images found")
+    console.say(f"  embedding {len(candidates)} images with {model_dir} ...")
     # Beam's shards are scratch: they live beside nothing the user owns and go when done.
     with tempfile.TemporaryDirectory(prefix="dolg-tfx-index-") as work:
         res = embed_candidates_with_beam(candidates, model_dir, work_dir or work, batch_size, max_bytes,
                                          pipeline_args=beam_args)
-    for f in res.failures:
-        click.echo(f"skipped {f.path}: {f.reason}", err=True)
+    console.say(f"  embedded {len(res.ids)}, skipped {len(res.failures)}")
     if not res.ids:
-        raise click.ClickException("no gallery image could be embedded")
+        raise click.ClickException("no gallery image could be embedded: "
+                                   + "; ".join(f"{f.path}: {f.reason}" for f in res.failures[:3]))
     try:
         labels = res.labels if any(res.labels or ()) else None  # an unlabelled gallery
         index = GalleryIndex(res.ids, res.embeddings, labels=labels, paths=res.paths,
                              model=model_dir, backend=backend, memory_budget=int(memory_budget * 2**30))
     except (ImportError, ValueError) as err:
         raise click.ClickException(str(err))
+    console.say(f"  writing the {index.backend} index to {os.path.abspath(output)} ...")
     index.save(output)
-    click.echo(f"indexed {len(index)} of {len(candidates)} images ({len(res.failures)} skipped), "
-               f"dim {index.dim}, backend {index.backend} -> {output}")
+    return index, len(candidates), res.failures
 
 
 @click.command()

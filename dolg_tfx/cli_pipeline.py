@@ -11,13 +11,10 @@ def _run_pipeline(config, data, output, verbose, preset, before=None, after=None
     goes to the log; before's text is said on the console).
     Returns (summary, report path, log path, after's text); refusals (output held by another run, an
     unreadable artifact) become one-line CLI errors."""
-    import datetime
-
-    from pipeline import local_runner, run_facts, run_lock, run_report
+    from pipeline import console as console_lib, local_runner, run_facts, run_lock, run_report
     from pipeline.console import ComponentLines, Console
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    log_path = os.path.join(os.path.abspath(output), "logs", f"run-{stamp}.log")
+    log_path = console_lib.log_path(output, "run")
     layout = local_runner.Layout(os.path.abspath(output))
     try:
         with Console(log_path, verbose) as console:

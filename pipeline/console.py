@@ -8,6 +8,7 @@ When the command fails, the caller prints the error in full after the console ha
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -15,8 +16,18 @@ import threading
 import time
 from typing import Callable, Optional
 
+from dolg_tfx import progress
+
 
 NON_TTY_PROGRESS_S = 15.0
+
+
+def log_path(folder: str, command: str) -> str:
+    """``<folder>/logs/<command>-<date>-<time>.log``: where a command's full log goes."""
+    import datetime
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join(os.path.abspath(folder), "logs", f"{command}-{stamp}.log")
 
 
 class Console:
@@ -54,7 +65,10 @@ class Console:
         # Python's log records (TFX and absl at INFO) into the stream too, stamped. Installed
         # first, so a library's later logging.basicConfig() adds no second copy.
         root = logging.getLogger()
-        self._handler = logging.StreamHandler(sys.stderr)
+        # On fd 2 itself, not sys.stderr: a caller may have swapped that object (click's
+        # CliRunner does), and the records must reach the log whatever it is.
+        self._stream = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+        self._handler = logging.StreamHandler(self._stream)
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self._root_level = root.level
         root.setLevel(logging.INFO)
@@ -99,10 +113,22 @@ class Console:
                 self._last_progress = time.monotonic()
             self._term.flush()
 
+    @contextlib.contextmanager
+    def showing_progress(self):
+        """Draws the ``dolg_tfx.progress`` records of the block as a bar (see ``ProgressLines``)."""
+        logger = logging.getLogger(progress.LOGGER)
+        handler = ProgressLines(self)
+        logger.addHandler(handler)
+        try:
+            yield self
+        finally:
+            logger.removeHandler(handler)
+
     def __exit__(self, exc_type, exc, tb) -> None:
         root = logging.getLogger()
         root.removeHandler(self._handler)
         root.setLevel(self._root_level)
+        self._stream.close()
         sys.stdout.flush()
         sys.stderr.flush()
         if exc is not None:  # the whole traceback into the log; the caller shows it too
@@ -121,21 +147,33 @@ class Console:
         self._log.close()
 
 
-class ComponentLines(logging.Handler):
-    """Turns TFX's "Component X is running/finished" log records into console lines with the
-    elapsed time and what the component produced (``describe(name) -> str``)."""
+class ProgressLines(logging.Handler):
+    """Draws ``dolg_tfx.progress`` records (``dolg_tfx.progress.ProgressReporter``) as a bar."""
 
-    def __init__(self, console: Console, describe: Callable[[str], str]):
+    def __init__(self, console: Console):
         super().__init__(level=logging.INFO)
         self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        numbers = getattr(record, "progress", None)
+        if numbers is not None:
+            self.console.progress(progress_bar(**numbers), final=numbers["step"] >= numbers["total"])
+
+
+class ComponentLines(ProgressLines):
+    """Turns TFX's "Component X is running/finished" log records into console lines with the
+    elapsed time and what the component produced (``describe(name) -> str``); progress records
+    become a bar."""
+
+    def __init__(self, console: Console, describe: Callable[[str], str]):
+        super().__init__(console)
         self.describe = describe
         self.started: dict = {}
         self.times: dict = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        progress = getattr(record, "progress", None)
-        if progress is not None:
-            self.console.progress(progress_bar(**progress), final=progress["step"] >= progress["total"])
+        if getattr(record, "progress", None) is not None:
+            super().emit(record)
             return
         if record.msg not in ("Component %s is running.", "Component %s is finished.") or not record.args:
             return
@@ -153,15 +191,16 @@ class ComponentLines(logging.Handler):
         self.console.say(f"  {name} done in {seconds:.1f} s" + (f": {what}" if what else ""))
 
 
-def progress_bar(step: int, total: int, loss: Optional[float] = None, rate: Optional[float] = None,
-                 width: int = 28) -> str:
-    """``[#####.....]  120/300 steps  loss 1.2345  3.2 steps/s  ETA 56 s``."""
+def progress_bar(step: int, total: int, unit: str = "steps", desc: str = "", rate: Optional[float] = None,
+                 loss: Optional[float] = None, width: int = 28, **_) -> str:
+    """``  embedding [#####.....]  120/300 images  14.2 images/s  ETA 13 s`` (and the loss when
+    given). Unknown numbers of a record are ignored, so a reporter may send more."""
     done = min(max(step / total, 0.0), 1.0) if total else 0.0
     filled = int(round(done * width))
-    parts = [f"  [{'#' * filled}{'.' * (width - filled)}] {step}/{total} steps"]
+    parts = [f"  {desc + ' ' if desc else ''}[{'#' * filled}{'.' * (width - filled)}] {step}/{total} {unit}"]
     if loss is not None:
         parts.append(f"loss {loss:.4f}")
     if rate:
-        parts.append(f"{rate:.2f} steps/s")
+        parts.append(f"{rate:.2f} {unit}/s")
         parts.append(f"ETA {max(total - step, 0) / rate:.0f} s")
     return "  ".join(parts)

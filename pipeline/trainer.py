@@ -6,7 +6,6 @@ last backup, and exports the descriptor with its serving signatures.
 """
 import hashlib
 import json
-import logging as std_logging
 import math
 import os
 import time
@@ -17,6 +16,7 @@ from absl import logging
 
 from dolg_model import model as dolg_lib
 from dolg_model import training
+from dolg_tfx.progress import ProgressReporter
 from pipeline import dataset, preprocessing, signatures
 from pipeline.config import PipelineConfig
 
@@ -58,27 +58,17 @@ class ProgressLog(tf.keras.callbacks.Callback):
 
 
 class StepProgress(tf.keras.callbacks.Callback):
-    """Log records that the CLI's console draws as a progress bar (steps, loss, rate, ETA):
-    about 50 over a run, on the logger ``dolg_tfx.progress`` with the numbers in ``progress``."""
+    """The training steps as ``dolg_tfx.progress`` records (steps, loss, rate, ETA), which the
+    CLI's console draws as a bar; about 50 over a run."""
 
     def __init__(self, total_steps: int, updates: int = 50):
         super().__init__()
-        self.total = int(total_steps)
-        self.every = max(1, self.total // updates)
-        self._start = None
+        self.reporter = ProgressReporter(int(total_steps), "steps", updates=updates)
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        if self._start is None:  # from the first step done here (a resumed run starts later)
-            self._start = (time.monotonic(), step - 1)
-        if step % self.every and step < self.total:
-            return
-        seconds = time.monotonic() - self._start[0]
-        rate = (step - self._start[1]) / seconds if seconds > 0 else None
         loss = (logs or {}).get("loss")
-        std_logging.getLogger("dolg_tfx.progress").info(
-            "step %d/%d", step, self.total, extra={"progress": {
-                "step": step, "total": self.total, "loss": None if loss is None else float(loss), "rate": rate}})
+        self.reporter.update(int(self.model.optimizer.iterations.numpy()),
+                             loss=None if loss is None else float(loss))
 
 
 def backup_dir(custom_config, fn_args):

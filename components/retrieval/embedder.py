@@ -13,10 +13,10 @@ import os
 from typing import Optional, Sequence
 
 import dolg_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from dolg_tfx.progress import ProgressReporter
 import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm
 
 from components.image_example_gen.checks import DEFAULT_MAX_BYTES  # ImageExampleGen's byte cap
 from components.retrieval.serving_contract import (ATTENTION_INPUT, ATTENTION_OUTPUT, ATTENTION_SIGNATURE,
@@ -195,7 +195,8 @@ class Embedder:
           paths: image files. ids: their ids (default: the paths).
           boxes: per file an optional (x1, y1, x2, y2) crop box (revisited queries).
           batch_size: images per model call.
-          progress: show a progress bar (None: only when stderr is a terminal).
+          progress: report progress (``dolg_tfx.progress``: the CLI's console draws a bar);
+            False: none. ``desc`` names the loop there.
         Returns:
           An :class:`EmbedResult`; unreadable or undecodable files are in ``failures``.
         """
@@ -203,28 +204,27 @@ class Embedder:
         if len(ids) != len(paths) or (boxes is not None and len(boxes) != len(paths)):
             raise ValueError("paths, ids and boxes must have the same length")
         out_pos, out_embs, failures = [], [], []
-        bar = tqdm(total=len(paths), desc=desc, unit="img", disable=None if progress is None
-                   else not progress)
-        with bar:
-            for start in range(0, len(paths), max(1, batch_size)):
-                blobs, where = [], []
-                for i in range(start, min(start + batch_size, len(paths))):
-                    try:
-                        data = read_file(paths[i], max_bytes)
-                        if boxes is not None and boxes[i] is not None:
-                            data = crop_to_png(data, boxes[i])
-                    except Exception as err:  # OSError, Pillow's many types, empty boxes
-                        failures.append((i, Failure(ids[i], paths[i], _reason(err))))
-                        continue
-                    blobs.append(data)
-                    where.append(i)
-                ok, embs, errors = self.embed_blobs(blobs)
-                out_pos.extend(where[j] for j in ok)
-                if len(ok):  # an all-failed batch may have an unknown-width empty array
-                    out_embs.append(embs)
-                failures.extend((where[j], Failure(ids[where[j]], paths[where[j]], r))
-                                for j, r in errors.items())
-                bar.update(min(start + batch_size, len(paths)) - start)
+        reporter = ProgressReporter(len(paths), "images", desc) if progress is not False else None
+        for start in range(0, len(paths), max(1, batch_size)):
+            blobs, where = [], []
+            for i in range(start, min(start + batch_size, len(paths))):
+                try:
+                    data = read_file(paths[i], max_bytes)
+                    if boxes is not None and boxes[i] is not None:
+                        data = crop_to_png(data, boxes[i])
+                except Exception as err:  # OSError, Pillow's many types, empty boxes
+                    failures.append((i, Failure(ids[i], paths[i], _reason(err))))
+                    continue
+                blobs.append(data)
+                where.append(i)
+            ok, embs, errors = self.embed_blobs(blobs)
+            out_pos.extend(where[j] for j in ok)
+            if len(ok):  # an all-failed batch may have an unknown-width empty array
+                out_embs.append(embs)
+            failures.extend((where[j], Failure(ids[where[j]], paths[where[j]], r))
+                            for j, r in errors.items())
+            if reporter is not None:
+                reporter.update(min(start + batch_size, len(paths)))
         embs = np.concatenate(out_embs) if out_embs else np.zeros((0, self.dim or 0), np.float32)
         failures.sort(key=lambda pair: pair[0])  # input order, whatever step failed
         return EmbedResult(ids=[ids[i] for i in out_pos], embeddings=embs,

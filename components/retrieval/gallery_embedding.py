@@ -13,11 +13,11 @@ import dolg_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
 
 from components.image_example_gen import inputs as gen_inputs
 from components.image_example_gen.checks import Rejected
 from components.retrieval.embedder import DEFAULT_MAX_BYTES, Embedder, EmbedResult, Failure
+from dolg_tfx.progress import ProgressReporter
 
 
 class EmbedCandidatesDoFn(beam.DoFn):
@@ -32,16 +32,13 @@ class EmbedCandidatesDoFn(beam.DoFn):
                  total: Optional[int] = None, progress: Optional[bool] = None):
         self._model_dir, self._max_bytes = model_dir, max_bytes
         self._total, self._progress = total, progress
-        self._embedder, self._bar = None, None
+        self._embedder, self._reporter, self._done = None, None, 0
 
     def setup(self):
         self._embedder = Embedder(self._model_dir)
-        self._bar = tqdm(total=self._total, desc="embedding gallery", unit="img",
-                         disable=None if self._progress is None else not self._progress)
-
-    def teardown(self):
-        if self._bar is not None:
-            self._bar.close()
+        # Counts this worker's images: with one worker (the CLI's default), the gallery's.
+        if self._progress is not False and self._total:
+            self._reporter = ProgressReporter(self._total, "images", "embedding")
 
     def process(self, batch):
         blobs, kept = [], []
@@ -58,7 +55,9 @@ class EmbedCandidatesDoFn(beam.DoFn):
         for j, emb in zip(ok, embs):
             order, cand = kept[j]
             yield _example(order, cand, emb)
-        self._bar.update(len(batch))
+        self._done += len(batch)
+        if self._reporter is not None:
+            self._reporter.update(self._done)
 
 
 def _failure_json(order: int, cand, reason: str) -> str:
