@@ -21,6 +21,16 @@ DEMO_DATA = {"n_landmarks": 40, "views_per_landmark": 10, "size": 160}
 QUICK_PRESET, FULL_PRESET = "tiny", "cpu-demo"
 
 
+def load_module(path):
+    """A Python file loaded by its path (the tests' fixtures, which are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def parser(doc):
     """argparse with the options every benchmark shares: --quick (default) / --full, --json."""
     p = argparse.ArgumentParser(description=doc.strip().split("\n")[0])

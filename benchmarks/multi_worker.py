@@ -9,11 +9,9 @@ Steps/s is read from Keras' per-epoch ms/step after the first epoch (which trace
 
     tools/devenv.sh run python -m benchmarks.multi_worker [--full] [--json OUT]
 """
-import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +19,9 @@ import time
 from benchmarks import common
 
 FIXTURE = os.path.join(common.REPO, "tests", "fixtures", "multi_worker.py")
+local_cluster = common.load_module(os.path.join(common.REPO, "tests", "fixtures", "local_cluster.py"))
 ENV = {"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "1"}
 _MS_PER_STEP = re.compile(r"^\d+/\d+ - .* - (\d+)ms/step", re.M)
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _launch(inputs, out, config_json, steps, log, tf_config=None):
@@ -69,12 +58,11 @@ def run(steps, per_epoch):
         raise RuntimeError(f"the single process failed: see {one_log}")
     rows.append({"run": "one process, default strategy", "replicas": 1, "per_replica": config.batch_size,
                  "steps_per_s": _steps_per_s(one_log), "wall_s": time.perf_counter() - start})
-    ports = _free_ports(2)
+    ports = local_cluster.free_ports(2)
     logs = [os.path.join(work, f"worker{i}.log") for i in range(2)]
     start = time.perf_counter()
     procs = [_launch(inputs, os.path.join(work, "cluster"), config.trainer_json(), steps, logs[i],
-                     json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                                 "task": {"type": "worker", "index": i}})) for i in range(2)]
+                     local_cluster.tf_config(ports, i)) for i in range(2)]
     if any(p.wait() != 0 for p in procs):
         raise RuntimeError(f"a worker failed: see {logs}")
     rows.append({"run": "two workers on 127.0.0.1 (MultiWorkerMirroredStrategy)", "replicas": 2,

@@ -12,7 +12,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,10 @@ import numpy as np
 import pytest
 
 from dolg_model import training
+from conftest import load_fixture
 from pipeline.config import load_config
+
+local_cluster = load_fixture("local_cluster")
 FIXTURE = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "multi_worker.py"
 
 # The two runs compute the same sums in another order: after one step the weights agree to
@@ -34,21 +36,6 @@ WEIGHT_ATOL = 1e-3
 EQUAL_LR = 0.01
 ENV = {"TF_ENABLE_ONEDNN_OPTS": "0",  # oneDNN's blocked kernels may sum in another order
        "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "1"}
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _tf_config(ports, index):
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
 
 
 def _config_json(steps, per_epoch, learning_rate):
@@ -70,8 +57,8 @@ def _start(inputs, out, steps, per_epoch, log, tf_config=None, replicas=None, le
 
 
 def _cluster(inputs, out, steps, per_epoch, logs, **kwargs):
-    ports = _free_ports(2)
-    return [_start(inputs, out, steps, per_epoch, logs[i], tf_config=_tf_config(ports, i), **kwargs)
+    ports = local_cluster.free_ports(2)
+    return [_start(inputs, out, steps, per_epoch, logs[i], tf_config=local_cluster.tf_config(ports, i), **kwargs)
             for i in range(2)]
 
 
