@@ -8,23 +8,29 @@ gzipped TFRecords of serialized tf.Examples under ``<uri>/Split-<name>/data_tfre
 ``split_names``, and the ``payload_format`` / ``file_format`` custom properties that
 StatisticsGen, Transform and Trainer read through tfx-bsl.
 
-The pipeline:
+The pipeline (``build_ingestion``; nothing in it grows with the data, so the launcher
+holds, and sends to a runner such as Dataflow, the same small graph for ten files or ten
+million):
 
-    candidates --Inspect (ParDo)--> accepted (label, example, format, orientation)
-                                 \\-> rejected {path, image_id, label, reason, detail}
-    accepted labels --Distinct, ToList, assign_splits--> {label: split}   (one element)
-    accepted --Partition(side input {label: split})--> train, eval --> TFRecords
-    rejected, per-split stats, {label: split} --> rejected.jsonl + summary.json (one writer)
+    input_base --ListCandidates (listing.py: workers list label folders / manifest byte ranges)
+      --Inspect (ParDo)--> accepted (label, example, format, orientation)
+                        \\-> rejected {path, image_id, label, reason, detail}
+    accepted labels --Distinct--> LabelTally (a constant-size combiner) --> SplitRule (one
+                                  small element: the salt, the threshold, the guard's move)
+    accepted --Partition(side input SplitRule)--> train, eval --> TFRecords
+    rejected --WriteToText (sharded)--> merged into rejected.jsonl, then summary.json from
+                  counts only (files seen, reasons, per-split stats, labels per split)
 
-Every decision depends on one file's bytes or on the SET of accepted labels, never on
-bundle boundaries or element order, so the set of examples in each split is the same
-whatever Beam's parallelism.
+Every decision depends on one file's bytes, one manifest row's id group, or the SET of
+accepted labels, never on bundle boundaries or element order, so the set of examples in
+each split is the same whatever Beam's parallelism. The rejected lines come in no
+particular order (they are written in parallel); sort them to compare.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 import apache_beam as beam
 import tensorflow as tf
@@ -36,13 +42,14 @@ from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
-from components.image_example_gen import checks, inputs
+from components.image_example_gen import checks, inputs, listing, splits
 from components.image_example_gen import features as F
 from components.image_example_gen import spec as s
 
 _REJECTED_TAG = "rejected"
 _METRICS_NAMESPACE = "dolg_tfx.ImageExampleGen"
 _TFRECORD_PREFIX = "data_tfrecord"  # the name TFX's own ExampleGens use
+_SHARD_DIR = "_rejected_shards"  # the sink's output, merged into rejected.jsonl and removed
 
 
 def _bytes_feature(value: bytes) -> tf.train.Feature:
@@ -113,30 +120,84 @@ class _SplitStats(beam.CombineFn):
         return acc
 
 
-def _split_index(element, num_partitions: int, assignment: dict[str, str]) -> int:
+class _TallyLabels(beam.CombineFn):
+    """Distinct labels -> splits.LabelTally: constant size, however many labels."""
+
+    def __init__(self, salt: str, threshold: int):
+        self._salt, self._threshold = salt, threshold
+
+    def create_accumulator(self):
+        return splits.LabelTally()
+
+    def add_input(self, acc, label):
+        return acc.merge(splits.LabelTally.of(label, self._salt, self._threshold))
+
+    def merge_accumulators(self, accs):
+        out = splits.LabelTally()
+        for a in accs:
+            out = out.merge(a)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+class _CountReasons(beam.CombineFn):
+    """Rejections -> {reason: count}: as many keys as there are reason codes, never more."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, rejection):
+        acc[rejection["reason"]] = acc.get(rejection["reason"], 0) + 1
+        return acc
+
+    def merge_accumulators(self, accs):
+        out: dict[str, int] = {}
+        for a in accs:
+            for k, v in a.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _split_index(element, num_partitions: int, rule: splits.SplitRule) -> int:
     del num_partitions
-    return inputs.SPLITS.index(assignment[element[0]])
+    return inputs.SPLITS.index(rule.split_of(element[0]))
 
 
-def _write_report(_, report_uri: str, header: dict[str, Any], rejected: list[dict],
-                  assignment: dict[str, str], stats: dict[str, dict]) -> None:
-    """Writes rejected.jsonl (sorted by path) and summary.json; runs once, on one worker."""
-    rejected = sorted(rejected, key=lambda r: (r["path"], r["image_id"]))
-    with fileio.open(os.path.join(report_uri, s.REJECTED_FILE), "w") as f:
-        # One write, even of "": tf.io.gfile creates the file on the first write, and an
-        # empty report must still exist so readers need no special case.
-        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
-    reasons: dict[str, int] = {}
-    for r in rejected:
-        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+def _merge_shards(shards: list[str], target: str) -> None:
+    """Concatenates the sink's shards into one file, streaming, then removes them.
+
+    One file keeps every reader of the report (CLI, run report, tests) unchanged; the copy
+    holds one block in memory, whatever the number of rejections. Written even when empty,
+    so readers need no special case."""
+    with fileio.open(target, "wb") as out:
+        out.write(b"")
+        for shard in sorted(shards):
+            with fileio.open(shard, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    out.write(block)
+    for shard in shards:
+        fileio.remove(shard)
+
+
+def _write_report(_, report_uri: str, header: dict[str, Any], files_seen: int, reasons: dict[str, int],
+                  rule: splits.SplitRule, stats: dict[str, dict], shards: list[str]) -> None:
+    """Writes rejected.jsonl (from the shards) and summary.json (from counts); runs once."""
+    _merge_shards(shards, os.path.join(report_uri, s.REJECTED_FILE))
+    if fileio.exists(os.path.join(report_uri, _SHARD_DIR)):
+        fileio.rmtree(os.path.join(report_uri, _SHARD_DIR))
     formats: dict[str, int] = {}
     for st in stats.values():
         for k, v in st["formats"].items():
             formats[k] = formats.get(k, 0) + v
     emitted = {split: stats[split]["examples"] for split in inputs.SPLITS}
-    summary = dict(header,
+    summary = dict(header, files_seen=files_seen,
                    emitted=emitted, emitted_total=sum(emitted.values()),
-                   labels=inputs.split_counts(assignment), rejected=len(rejected),
+                   labels=rule.label_counts(), rejected=sum(reasons.values()),
                    reasons=dict(sorted(reasons.items())), formats=dict(sorted(formats.items())),
                    exif_rotated=sum(st["exif_rotated"] for st in stats.values()))
     # The ingestion invariant. A mismatch is a bug in this component, never the data's fault.
@@ -144,6 +205,61 @@ def _write_report(_, report_uri: str, header: dict[str, Any], rejected: list[dic
         raise RuntimeError(f"ImageExampleGen lost files: {summary}")
     with fileio.open(os.path.join(report_uri, s.SUMMARY_FILE), "w") as f:
         f.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def build_ingestion(p: beam.Pipeline, input_base: str, images_subdir: Optional[str], examples_uri: str,
+                    report_uri: str, eval_fraction: float, max_bytes: int, max_pixels: int,
+                    salt: str) -> None:
+    """Adds the whole ingestion to ``p``: listing, checks, splits, TFRecords and the report.
+
+    Applying it reads only the manifest's header (to fail early on missing columns); the
+    graph's size does not depend on the number of files (tests/components/test_ingest_scale).
+    """
+    threshold = splits.eval_threshold(eval_fraction)
+    manifest = inputs.is_manifest(input_base)
+    header = {
+        "input_base": input_base, "layout": "manifest" if manifest else "folder",
+        "image_root": inputs.image_root(input_base, images_subdir),
+        "settings": {"eval_fraction": eval_fraction, "max_bytes": max_bytes,
+                     "max_pixels": max_pixels, "split_salt": salt},
+    }
+    candidates = p | "ListCandidates" >> listing.ListCandidates(input_base, images_subdir)
+    inspected = candidates | "InspectFiles" >> beam.ParDo(_InspectFile(max_bytes, max_pixels)).with_outputs(
+        _REJECTED_TAG, main="accepted")
+    accepted, rejected = inspected.accepted, inspected[_REJECTED_TAG]
+    rule = (accepted
+            | "Labels" >> beam.Map(lambda a: a[0])
+            | "DistinctLabels" >> beam.Distinct()
+            | "TallyLabels" >> beam.CombineGlobally(_TallyLabels(salt, threshold))
+            | "SplitRule" >> beam.Map(splits.SplitRule.from_tally, salt, threshold))
+    parts = accepted | "SplitByLabel" >> beam.Partition(
+        _split_index, len(inputs.SPLITS), beam.pvalue.AsSingleton(rule))
+    stats = []
+    for split, part in zip(inputs.SPLITS, parts):
+        _ = (part
+             | f"Serialized[{split}]" >> beam.Map(lambda a: a[1])
+             # Like TFX's WriteSplit: files are listed label by label, and a reader's
+             # shuffle buffer should not see one label at a time.
+             | f"Shuffle[{split}]" >> beam.Reshuffle()
+             | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                 os.path.join(examples_uri, f"Split-{split}", _TFRECORD_PREFIX), file_name_suffix=".gz"))
+        stats.append(part
+                     | f"Stats[{split}]" >> beam.CombineGlobally(_SplitStats())
+                     | f"KeyStats[{split}]" >> beam.Map(lambda v, k=split: (k, v)))
+    shards = (rejected
+              | "RejectedLines" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
+              | "WriteRejected" >> beam.io.WriteToText(
+                  os.path.join(report_uri, _SHARD_DIR, "rejected"), file_name_suffix=".jsonl"))
+    _ = (
+        p
+        | "ReportTrigger" >> beam.Create([None])
+        | "WriteReport" >> beam.Map(
+            _write_report, report_uri, header,
+            files_seen=beam.pvalue.AsSingleton(candidates | "FilesSeen" >> beam.combiners.Count.Globally()),
+            reasons=beam.pvalue.AsSingleton(rejected | "Reasons" >> beam.CombineGlobally(_CountReasons())),
+            rule=beam.pvalue.AsSingleton(rule),
+            stats=beam.pvalue.AsDict(tuple(stats) | "StatsBySplit" >> beam.Flatten()),
+            shards=beam.pvalue.AsList(shards)))
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -194,7 +310,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         max_bytes = int(_get(exec_properties, s.MAX_BYTES_KEY, s.DEFAULT_MAX_BYTES))
         max_pixels = int(_get(exec_properties, s.MAX_PIXELS_KEY, s.DEFAULT_MAX_PIXELS))
         salt = str(_get(exec_properties, s.SPLIT_SALT_KEY, s.DEFAULT_SPLIT_SALT))
-        inputs.assign_splits([], eval_fraction, salt)  # fail on a bad fraction before any work
+        splits.eval_threshold(eval_fraction)  # fail on a bad fraction before any work
         if max_bytes <= 0 or max_pixels <= 0:
             raise ValueError(f"max_bytes and max_pixels must be positive, got {max_bytes}, {max_pixels}")
 
@@ -204,54 +320,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples.span = 0
         fileio.makedirs(report.uri)
 
-        # Listing is cheap and sequential; reading and decoding (the cost) is in the pipeline.
-        candidates = inputs.scan_inputs(input_base, images_subdir)
-        manifest = inputs.is_manifest(input_base)
-        header = {
-            "input_base": input_base, "layout": "manifest" if manifest else "folder",
-            "image_root": inputs.image_root(input_base, images_subdir),
-            "files_seen": len(candidates),
-            "settings": {"eval_fraction": eval_fraction, "max_bytes": max_bytes,
-                         "max_pixels": max_pixels, "split_salt": salt},
-        }
-        logging.info("ImageExampleGen: %d candidate files under %s", len(candidates), input_base)
-
         with self._make_beam_pipeline() as p:
-            inspected = (
-                p
-                | "CreateCandidates" >> beam.Create(candidates)  # reshuffles: spreads the reads
-                | "InspectFiles" >> beam.ParDo(_InspectFile(max_bytes, max_pixels)).with_outputs(
-                    _REJECTED_TAG, main="accepted"))
-            accepted, rejected = inspected.accepted, inspected[_REJECTED_TAG]
-            assignment = (
-                accepted
-                | "Labels" >> beam.Map(lambda a: a[0])
-                | "DistinctLabels" >> beam.Distinct()
-                | "AllLabels" >> beam.combiners.ToList()
-                | "AssignSplits" >> beam.Map(inputs.assign_splits, eval_fraction, salt))
-            parts = accepted | "SplitByLabel" >> beam.Partition(
-                _split_index, len(inputs.SPLITS), beam.pvalue.AsSingleton(assignment))
-            stats = []
-            for split, part in zip(inputs.SPLITS, parts):
-                _ = (part
-                     | f"Serialized[{split}]" >> beam.Map(lambda a: a[1])
-                     # Like TFX's WriteSplit: files are listed label by label, and a reader's
-                     # shuffle buffer should not see one label at a time.
-                     | f"Shuffle[{split}]" >> beam.Reshuffle()
-                     | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-                         os.path.join(artifact_utils.get_split_uri([examples], split), _TFRECORD_PREFIX),
-                         file_name_suffix=".gz"))
-                stats.append(part
-                             | f"Stats[{split}]" >> beam.CombineGlobally(_SplitStats())
-                             | f"KeyStats[{split}]" >> beam.Map(lambda v, k=split: (k, v)))
-            _ = (
-                p
-                | "ReportTrigger" >> beam.Create([None])
-                | "WriteReport" >> beam.Map(
-                    _write_report, report.uri, header,
-                    rejected=beam.pvalue.AsSingleton(rejected | "RejectedToList" >> beam.combiners.ToList()),
-                    assignment=beam.pvalue.AsSingleton(assignment),
-                    stats=beam.pvalue.AsDict(tuple(stats) | "StatsBySplit" >> beam.Flatten())))
+            build_ingestion(p, input_base, images_subdir, examples.uri, report.uri,
+                            eval_fraction, max_bytes, max_pixels, salt)
 
         with fileio.open(os.path.join(report.uri, s.SUMMARY_FILE)) as f:
             summary = json.loads(f.read())

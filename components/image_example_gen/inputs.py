@@ -37,16 +37,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import logging
 import os
 import stat
-from typing import Iterable, Optional, Sequence
+from typing import Iterator, Optional, Union
 
 from components.image_example_gen import storage
 from components.image_example_gen.checks import Rejected
+# The split rule lives in ``splits``; these names stay importable from here.
+from components.image_example_gen.splits import (  # noqa: F401
+    EVAL, HASH_BUCKETS, SPLITS, TRAIN, assign_splits, label_bucket, split_counts)
 
-TRAIN, EVAL = "train", "eval"
-SPLITS = (TRAIN, EVAL)
-HASH_BUCKETS = 1000
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,40 +179,70 @@ def scan_inputs(input_base: str, images_subdir: Optional[str] = None,
         raise FileNotFoundError(f"input_base {input_base!r} does not exist")
     if is_manifest(location):
         return _scan_manifest(location, manifest_image_root(location, images_subdir), labels_required)
-    if uri:
-        return _scan_folder_uri(location, labels_required)
-    return _scan_folder(os.path.abspath(location), labels_required)
+    return _scan_folder(location if uri else os.path.abspath(location), labels_required)
 
 
 _NO_LABEL = ("no_label", "file directly under input_base: no label folder")
 
 
-def _scan_folder(root: str, labels_required: bool = True) -> list[Candidate]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()  # os.walk descends in this (now sorted) order: a stable listing
-        rel_dir = os.path.relpath(dirpath, root)
-        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-        for name in dirnames:
-            if os.path.islink(os.path.join(dirpath, name)):
-                rel = rel_dir + name
-                out.append(Candidate(display_name(rel), display_name(rel.split("/")[0]), root, rel,
-                                     ("not_followed", "symlinked directory: not followed")))
+# A folder tree is listed in two steps, so that ingestion can spread the second over workers:
+# ``folder_top`` lists the root itself (label folders to walk, and the candidates that sit
+# directly under the root), ``walk_label`` walks one label folder. ``scan_inputs`` chains
+# them; the pipeline runs them as two fan-out steps (``listing``).
+
+def folder_top(root: str, labels_required: bool = True) -> Iterator[Union[str, Candidate]]:
+    """The root's own entries: a label folder's name (str) to walk, or a Candidate for a file
+    directly under the root (``no_label`` when labels are required) or a symlinked folder
+    (``not_followed``). Classified as ``os.walk(followlinks=False)`` classifies them."""
+    # The root's own candidates first, then the label folders: the order scan_inputs has
+    # always listed in (os.walk's), for local paths and URIs alike.
+    if storage.is_uri(root):
+        # Object stores have no symlinks, so there is nothing to report as not_followed.
+        dirnames, filenames = storage.list_level(root)
         for name in sorted(filenames):
-            rel = rel_dir + name
-            problem = None if rel_dir or not labels_required else _NO_LABEL
-            label = display_name(rel.split("/")[0]) if rel_dir else ""
-            out.append(Candidate(display_name(rel), label, root, rel, problem))
-    return out
+            yield Candidate(display_name(name), "", root, name, _NO_LABEL if labels_required else None)
+        yield from sorted(dirnames)
+        return
+    links, files, labels = [], [], []
+    with os.scandir(root) as entries:
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows symlinks, as os.walk's split into dirnames does
+            except OSError:
+                is_dir = False
+            (links if is_dir and entry.is_symlink() else labels if is_dir else files).append(entry.name)
+    for name in sorted(links):
+        yield Candidate(display_name(name), display_name(name), root, name,
+                        ("not_followed", "symlinked directory: not followed"))
+    for name in sorted(files):
+        yield Candidate(display_name(name), "", root, name, _NO_LABEL if labels_required else None)
+    yield from sorted(labels)
 
 
-def _scan_folder_uri(root: str, labels_required: bool = True) -> list[Candidate]:
-    # Object stores have no symlinks, so there is nothing to report as not_followed.
-    out = []
-    for rel in storage.walk_files(root):
-        label, sep, _ = rel.partition("/")
-        problem = None if sep or not labels_required else _NO_LABEL
-        out.append(Candidate(display_name(rel), display_name(label) if sep else "", root, rel, problem))
+def walk_label(root: str, name: str) -> Iterator[Candidate]:
+    """Every candidate under the label folder ``root/name``, at any depth (symlinked folders
+    inside it are reported ``not_followed``, never entered)."""
+    label = display_name(name)
+    if storage.is_uri(root):
+        for rel in storage.walk_files(storage.join(root, name)):
+            rel = f"{name}/{rel}"
+            yield Candidate(display_name(rel), label, root, rel)
+        return
+    for dirpath, dirnames, filenames in os.walk(os.path.join(root, name), followlinks=False):
+        dirnames.sort()  # os.walk descends in this (now sorted) order: a stable listing
+        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/") + "/"
+        for d in dirnames:
+            if os.path.islink(os.path.join(dirpath, d)):
+                yield Candidate(display_name(rel_dir + d), label, root, rel_dir + d,
+                                ("not_followed", "symlinked directory: not followed"))
+        for f in sorted(filenames):
+            yield Candidate(display_name(rel_dir + f), label, root, rel_dir + f)
+
+
+def _scan_folder(root: str, labels_required: bool = True) -> list[Candidate]:
+    out: list[Candidate] = []
+    for item in folder_top(root, labels_required):
+        out.extend(walk_label(root, item) if isinstance(item, str) else [item])
     return out
 
 
@@ -220,30 +252,52 @@ def _open_manifest(csv_path: str):
     return open(csv_path, newline="", encoding="utf-8")
 
 
+def check_columns(csv_path: str, columns, labels_required: bool = True) -> list[str]:
+    """The manifest's header, checked. Raises ValueError naming the file and its columns."""
+    if ("landmark_id" not in set(columns) and labels_required) or not set(columns) & {"id", "path"}:
+        raise ValueError(f"{csv_path}: needs a 'landmark_id' column and an 'id' or 'path' column, "
+                         f"has {sorted(columns)}")
+    return list(columns)
+
+
+def manifest_candidate(row_no: int, row: dict, root: str, labels_required: bool = True) -> Candidate:
+    """One manifest row (``row_no`` counts the header as row 1) as a Candidate, every check
+    but ``duplicate_id`` applied (that one needs the earlier rows: ``first_listed``)."""
+    iid = (row.get("id") or "").strip()
+    label = (row.get("landmark_id") or "").strip()
+    given = (row.get("path") or "").strip()
+    image_id = iid or given or f"<row {row_no}>"
+    rel = given or (gldv2_relpath(iid) if iid else None) or ""
+    problem = None
+    if (labels_required and not label) or not (iid or given):
+        problem = ("bad_manifest_row", f"row {row_no}: empty id/path or landmark_id")
+    elif not rel:
+        problem = ("bad_manifest_row", f"row {row_no}: id {iid!r} too short for the GLDv2 layout")
+    return Candidate(image_id, label, root, rel, problem)
+
+
+def first_listed(rows) -> Iterator[Candidate]:
+    """The rows that share one image id, as (row_no, Candidate), in any order: the first
+    listed keeps its own verdict, a later one without a problem of its own is a duplicate."""
+    rows = sorted(rows, key=lambda r: r[0])
+    for i, (row_no, c) in enumerate(rows):
+        if i and c.problem is None:
+            c = dataclasses.replace(c, problem=("duplicate_id", f"row {row_no}: id {c.image_id!r} already listed"))
+        yield c
+
+
 def _scan_manifest(csv_path: str, root: str, labels_required: bool = True) -> list[Candidate]:
     with _open_manifest(csv_path) as f:
         reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or ())
-        if ("landmark_id" not in columns and labels_required) or not columns & {"id", "path"}:
-            raise ValueError(f"{csv_path}: needs a 'landmark_id' column and an 'id' or 'path' column, "
-                             f"has {sorted(columns)}")
-        out, seen = [], set()
-        for row_no, row in enumerate(reader, start=2):  # row 1 is the header
-            iid = (row.get("id") or "").strip()
-            label = (row.get("landmark_id") or "").strip()
-            given = (row.get("path") or "").strip()
-            image_id = iid or given or f"<row {row_no}>"
-            rel = given or (gldv2_relpath(iid) if iid else None) or ""
-            problem = None
-            if (labels_required and not label) or not (iid or given):
-                problem = ("bad_manifest_row", f"row {row_no}: empty id/path or landmark_id")
-            elif not rel:
-                problem = ("bad_manifest_row", f"row {row_no}: id {iid!r} too short for the GLDv2 layout")
-            elif image_id in seen:
-                problem = ("duplicate_id", f"row {row_no}: id {image_id!r} already listed")
-            seen.add(image_id)
-            out.append(Candidate(image_id, label, root, rel, problem))
-    return out
+        check_columns(csv_path, reader.fieldnames or (), labels_required)
+        rows = [(row_no, manifest_candidate(row_no, row, root, labels_required))
+                for row_no, row in enumerate(reader, start=2)]  # row 1 is the header
+    by_id: dict[str, list] = {}
+    for row_no, c in rows:
+        by_id.setdefault(c.image_id, []).append((row_no, c))
+    verdict = {row_no: c for group in by_id.values()
+               for (row_no, _), c in zip(sorted(group, key=lambda r: r[0]), first_listed(group))}
+    return [verdict[row_no] for row_no, _ in rows]
 
 
 def gldv2_relpath(image_id: str) -> Optional[str]:
@@ -294,59 +348,19 @@ def read_candidate(candidate: Candidate, max_bytes: int) -> bytes:
         raise Rejected("unreadable", f"{type(e).__name__}: {e.strerror or e}") from None
 
 
-# --------------------------------------------------------------------------- the split rule
-
-def label_bucket(label: str, salt: str) -> int:
-    """The label's hash bucket in [0, 1000): sha256 of salt and label, stable everywhere."""
-    digest = hashlib.sha256(f"{salt}\x00{label}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % HASH_BUCKETS
+DEFAULT_FINGERPRINT_MAX_FILES = 200_000
 
 
-def assign_splits(labels: Iterable[str], eval_fraction: float, salt: str) -> dict[str, str]:
-    """Maps each label to ``train`` or ``eval``: whole labels, never both.
-
-    The rule: a label goes to eval when ``label_bucket(label, salt) < round(eval_fraction *
-    1000)``. So the eval share of LABELS is about ``eval_fraction``, and a label's side
-    depends only on (salt, label): adding labels never moves an existing one, except via the
-    guard. The guard, for data sets so small that the hash puts every label on one side:
-    with at least two labels, if eval got none, the label with the smallest (bucket, label)
-    moves to eval; if train got none, the label with the largest (bucket, label) moves to
-    train. Those are the labels closest to the threshold, so the guard bends the rule as
-    little as possible. A single label always goes to train (there is nothing unseen to
-    evaluate on).
-
-    Args:
-      labels: the labels that have at least one accepted example (duplicates are ignored).
-      eval_fraction: share of labels held out, strictly between 0 and 1.
-      salt: mixed into the hash; another salt gives another (equally valid) split.
-
-    Returns:
-      {label: "train" | "eval"}.
-    """
-    if not 0.0 < eval_fraction < 1.0:
-        raise ValueError(f"eval_fraction must be strictly between 0 and 1, got {eval_fraction}")
-    threshold = round(eval_fraction * HASH_BUCKETS)
-    ranked = sorted((label_bucket(lab, salt), lab) for lab in set(labels))
-    out = {lab: EVAL if bucket < threshold else TRAIN for bucket, lab in ranked}
-    if len(ranked) == 1:
-        out[ranked[0][1]] = TRAIN
-    elif len(ranked) >= 2:
-        if EVAL not in out.values():
-            out[ranked[0][1]] = EVAL
-        elif TRAIN not in out.values():
-            out[ranked[-1][1]] = TRAIN
-    return out
-
-
-def split_counts(assignment: dict[str, str], splits: Sequence[str] = SPLITS) -> dict[str, int]:
-    """Number of labels per split."""
-    return {s: sum(1 for v in assignment.values() if v == s) for s in splits}
-
-
-def fingerprint(input_base: str, images_subdir: Optional[str] = None) -> Optional[str]:
+def fingerprint(input_base: str, images_subdir: Optional[str] = None,
+                max_files: Optional[int] = DEFAULT_FINGERPRINT_MAX_FILES) -> Optional[str]:
     """A digest of what ingestion would read from a LOCAL input: every file's path, size and
-    modification time under the image root, plus the manifest's bytes. None for URIs (listing
-    an object store at pipeline-definition time is not this function's job) or a missing path."""
+    modification time under the image root, plus the manifest's bytes, in one walk.
+
+    None for URIs (listing an object store at pipeline-definition time is not this
+    function's job), a missing path, or a tree of more than ``max_files`` files: the walk
+    stops there and a warning says that TFX's cache can then not see changed images. Every
+    file is stat'ed because an edit in place changes only that file's own mtime.
+    """
     input_base = storage.canonical(input_base)
     if storage.is_uri(input_base) or not os.path.exists(input_base):
         return None
@@ -354,9 +368,19 @@ def fingerprint(input_base: str, images_subdir: Optional[str] = None) -> Optiona
     root = image_root(input_base, images_subdir)
     if is_manifest(input_base):
         with open(input_base, "rb") as f:
-            digest.update(f.read())
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    seen = 0
     for folder, dirs, files in os.walk(root):
         dirs.sort()
+        seen += len(files)
+        if max_files is not None and seen > max_files:
+            _log.warning(
+                "ImageExampleGen: %s holds more than %d files (fingerprint_max_files), so no input "
+                "fingerprint was taken: TFX's cache cannot see added, removed or edited images. "
+                "After changing the data, run without the cache (dolg-tfx run --no-cache, or "
+                "enable_cache=False), or pass input_fingerprint yourself.", root, max_files)
+            return None
         for name in sorted(files):
             path = os.path.join(folder, name)
             try:

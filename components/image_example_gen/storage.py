@@ -157,6 +157,25 @@ def walk_files(root_uri: str) -> list[str]:
     return [rel for _, rel in sorted(keyed)]
 
 
+def list_level(root_uri: str) -> tuple[list[str], list[str]]:
+    """(folder names, file names) directly under ``root_uri``, as ``walk_files`` sees them."""
+    def fail(error):
+        raise error
+
+    for _, dirnames, filenames in _fileio().walk(root_uri, onerror=fail):  # the first level only
+        return ([d.strip("/") for d in dirnames if d.strip("/")],
+                [n.strip("/") for n in filenames if n.strip("/")])
+    return [], []
+
+
+@contextlib.contextmanager
+def open_binary(uri: str, offset: int = 0) -> Iterator[io.BufferedIOBase]:
+    """A URI opened for buffered binary reading (``readline`` keeps ``\r``), from ``offset``."""
+    with _fileio().open(uri, "rb") as f:
+        f.seek(offset)
+        yield io.BufferedReader(_RawReader(f), buffer_size=1 << 20)
+
+
 class _RawReader(io.RawIOBase):
     """A fileio file as a raw stream, so ``io.TextIOWrapper`` can decode it.
 

@@ -48,6 +48,8 @@ def _run(input_base, out_dir, beam_fn=None, **props):
                          dict(props, input_base=str(input_base)))
     seconds = time.perf_counter() - t0
     rejected = [json.loads(line) for line in (out_dir / "report" / "rejected.jsonl").read_text().splitlines()]
+    rejected.sort(key=lambda r: (r["path"], r["image_id"]))  # written in parallel: in no fixed order
+    assert not (out_dir / "report" / "_rejected_shards").exists()  # merged into rejected.jsonl
     return {"splits": {split: _read_split(examples.uri, split) for split in ("train", "eval")},
             "rejected": rejected, "summary": json.loads((out_dir / "report" / "summary.json").read_text()),
             "examples": examples, "seconds": seconds}
