@@ -8,7 +8,7 @@ from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.orchestration import data_types
 from tfx.types import standard_artifacts
 
-from components.image_example_gen import executor, inputs
+from components.image_example_gen import executor, inputs, splits
 from components.image_example_gen import spec as s
 
 
@@ -23,7 +23,7 @@ class ImageExampleGen(base_beam_component.BaseBeamComponent):
     listed with a reason in the ``report`` output; files seen = emitted + reported.
 
     The eval split holds whole labels never seen in training, chosen by a salted hash of
-    the label (see ``inputs.assign_splits`` for the rule and the small-data guard).
+    the label (see ``splits.SplitRule`` for the rule and the small-data guard).
 
     ## Example
     ```
@@ -34,8 +34,11 @@ class ImageExampleGen(base_beam_component.BaseBeamComponent):
     Caching: a cached run is reused while the exec properties are unchanged. For local inputs
     the constructor records a fingerprint of the files (paths, sizes, modification times; for
     a manifest, its own bytes too), so adding, removing or editing an image reruns ingestion.
-    For URIs (gs://...) no fingerprint is taken at definition time: disable caching, or pass
-    ``input_fingerprint`` yourself, after editing such data.
+    It costs one walk with a stat per file (an edit in place changes only that file's mtime,
+    so nothing cheaper can see it). Above ``fingerprint_max_files`` files the walk stops, no
+    fingerprint is taken and a warning says so; then, as for URIs (gs://..., never listed at
+    definition time), disable caching (``--no-cache``) or pass ``input_fingerprint`` yourself
+    after editing the data.
 
     Component `outputs` contains:
      - `examples`: Channel of type `standard_artifacts.Examples`, splits `train` and `eval`.
@@ -52,7 +55,8 @@ class ImageExampleGen(base_beam_component.BaseBeamComponent):
                  max_bytes: int = s.DEFAULT_MAX_BYTES,
                  max_pixels: int = s.DEFAULT_MAX_PIXELS,
                  split_salt: str = s.DEFAULT_SPLIT_SALT,
-                 input_fingerprint: Optional[str] = None):
+                 input_fingerprint: Optional[str] = None,
+                 fingerprint_max_files: Optional[int] = inputs.DEFAULT_FINGERPRINT_MAX_FILES):
         """Constructs an ImageExampleGen.
 
         Args:
@@ -67,12 +71,14 @@ class ImageExampleGen(base_beam_component.BaseBeamComponent):
           max_pixels: images whose header claims more pixels are refused before decoding.
           split_salt: mixed into the label hash; change it for another train/eval split.
           input_fingerprint: a digest of the input files (computed for local inputs when None).
+          fingerprint_max_files: above this many files no fingerprint is computed (None: no
+            limit); see Caching above.
         """
         # Plain numbers (not RuntimeParameters) are normalised and checked now, at pipeline
         # definition, rather than minutes later in the executor; 40e6 is a fine max_pixels.
         if isinstance(eval_fraction, (int, float)):
             eval_fraction = float(eval_fraction)
-            inputs.assign_splits([], eval_fraction, str(split_salt))
+            splits.eval_threshold(eval_fraction)
         max_bytes, max_pixels = (int(v) if isinstance(v, float) else v for v in (max_bytes, max_pixels))
         spec = s.ImageExampleGenSpec(
             input_base=input_base,
@@ -81,7 +87,7 @@ class ImageExampleGen(base_beam_component.BaseBeamComponent):
             max_bytes=max_bytes,
             max_pixels=max_pixels,
             split_salt=split_salt,
-            input_fingerprint=(inputs.fingerprint(input_base, images_subdir)
+            input_fingerprint=(inputs.fingerprint(input_base, images_subdir, fingerprint_max_files)
                                if input_fingerprint is None and isinstance(input_base, str)
                                else input_fingerprint),
             examples=types.Channel(type=standard_artifacts.Examples),

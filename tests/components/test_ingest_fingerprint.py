@@ -37,3 +37,6 @@ def test_component_records_it_and_uris_get_none(tmp_path):
     assert gen.exec_properties["input_fingerprint"] == fingerprint(str(data))
     assert fingerprint("gs://bucket/images") is None
     assert ImageExampleGen(input_base="gs://bucket/images").exec_properties["input_fingerprint"] is None
+    # Above the limit (4 files here) no fingerprint is taken, rather than a walk per definition.
+    assert ImageExampleGen(input_base=str(data), fingerprint_max_files=3).exec_properties["input_fingerprint"] is None
+    assert ImageExampleGen(input_base=str(data), fingerprint_max_files=4).exec_properties["input_fingerprint"]
