@@ -108,7 +108,8 @@ def _build_index(console, model_dir, images, images_subdir, output, batch_size, 
 @click.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="An index written by `dolg-tfx index build`.")
+              help="An index written by `dolg-tfx index build`, or one the pipeline pushed "
+                   "(gallery_index/<version>: searched only with that model version).")
 @click.option("--model", "model_dir", default=None,
               help="The SavedModel to embed the query with (default: the index's model); a local "
                    "path or any URI TensorFlow opens.")
@@ -125,7 +126,9 @@ def search(image, index_dir, model_dir, k, grid, label, box, exact):
 
     from components.retrieval.embedder import Embedder, crop_to_png, read_file
     from components.retrieval.index import GalleryIndex
+    from components.retrieval.model_versions import VersionMismatch, check_index_matches_model
     from components.retrieval.search_grid import infer_query_label, render_grid
+    from components.retrieval.serving_contract import resolve_model_dir
 
     try:
         index = GalleryIndex.load(index_dir)
@@ -135,8 +138,11 @@ def search(image, index_dir, model_dir, k, grid, label, box, exact):
     if not model_dir:
         raise click.ClickException("the index records no model; pass --model")
     try:
+        # The pair first, before seconds of model loading: an index is searched only with the
+        # model version that embedded it (the pipeline pushes both under one version).
+        check_index_matches_model(index.model_version, index_dir, resolve_model_dir(model_dir))
         embedder = Embedder(model_dir)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, VersionMismatch) as err:
         raise click.ClickException(str(err))
     if index.model and os.path.realpath(embedder.model_dir) != os.path.realpath(index.model):
         click.echo(f"warning: the index was built with {index.model}; embeddings of another "

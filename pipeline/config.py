@@ -41,6 +41,8 @@ class PipelineConfig:
       beam_mode: "in_memory" or "multi_processing" for the DirectRunner.
       beam_workers: DirectRunner workers in multi_processing mode.
       beam_args: extra Beam pipeline arguments (e.g. for Dataflow or Flink).
+      gallery: optional gallery (a folder of images, flat or root/<label>/<image>, or a CSV;
+        a path or URI): every model the run pushes gets its index of it, pushed beside it.
       model: the DOLGConfig.
     """
 
@@ -64,6 +66,7 @@ class PipelineConfig:
     beam_mode: str = "in_memory"
     beam_workers: int = 2
     beam_args: Tuple[str, ...] = ()
+    gallery: Optional[str] = None
     model: DOLGConfig = DOLGConfig()
 
     def __post_init__(self):
@@ -103,6 +106,8 @@ class PipelineConfig:
             raise ConfigError("beam_mode", self.beam_mode, "choose 'in_memory' or 'multi_processing'")
         if self.max_map_drop is not None and self.max_map_drop < 0:
             raise ConfigError("max_map_drop", self.max_map_drop, "must be >= 0 or null")
+        if self.gallery is not None and (not isinstance(self.gallery, str) or not self.gallery):
+            raise ConfigError("gallery", self.gallery, "must be a path or URI, or null")
 
     def replace(self, **changes) -> "PipelineConfig":
         model_changes = changes.pop("model", None)
@@ -138,7 +143,7 @@ class PipelineConfig:
 
 
 NOT_FOR_TRAINER = ("pipeline_name", "eval_fraction", "max_bytes", "min_map", "max_map_drop",
-                   "beam_mode", "beam_workers", "beam_args")
+                   "beam_mode", "beam_workers", "beam_args", "gallery")
 
 # Presets. "paper" is the authors' recipe for GPUs; the others fit a 2-core CPU.
 PRESETS = {

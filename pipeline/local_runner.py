@@ -38,6 +38,11 @@ class Layout:
     def serving_model_dir(self):
         return os.path.join(self.output, "serving_model")
 
+    @property
+    def gallery_index_dir(self):
+        """Beside serving_model: gallery_index/<V> is the index of serving_model/<V>."""
+        return os.path.join(self.output, "gallery_index")
+
 
 def run(config: PipelineConfig, data: str, output: str, enable_cache: bool = True,
         verbose: bool = True, preset: Optional[str] = None,
@@ -57,8 +62,15 @@ def run(config: PipelineConfig, data: str, output: str, enable_cache: bool = Tru
         from tfx import v1 as tfx
 
         from pipeline.pipeline import create_pipeline
+        from components.image_example_gen import storage
+        from components.image_example_gen.inputs import fingerprint
         from components.retrieval.model_versions import remove_incomplete_versions
 
+        gallery_fingerprint = None
+        if config.gallery:
+            if not storage.is_uri(config.gallery):  # the manifest and the cache key need one name for it
+                config = config.replace(gallery=os.path.abspath(config.gallery))
+            gallery_fingerprint = fingerprint(config.gallery)
         write_manifest(layout, config, data, preset)
         logging.set_verbosity(logging.INFO if verbose or watch is not None else logging.WARNING)
         if killed:
@@ -70,7 +82,8 @@ def run(config: PipelineConfig, data: str, output: str, enable_cache: bool = Tru
             config, data=os.path.abspath(data), pipeline_root=layout.pipeline_root,
             serving_model_dir=layout.serving_model_dir, schema_file=SCHEMA_FILE,
             preprocessing_fn=PREPROCESSING_FN, run_fn=RUN_FN,
-            metadata_path=layout.metadata_path, enable_cache=enable_cache))
+            metadata_path=layout.metadata_path, enable_cache=enable_cache,
+            gallery_index_dir=layout.gallery_index_dir, gallery_fingerprint=gallery_fingerprint))
         return summarise(layout)
 
 
@@ -220,6 +233,12 @@ def summarise(layout) -> dict:
             summary["pushed_to"] = pushed.custom_properties["pushed_destination"].string_value
         else:
             summary["pushed_to"] = None
+    if "GalleryIndexer" in executions:
+        from components.gallery_index.build import SUMMARY_FILE as INDEX_SUMMARY
+
+        [index] = _outputs(store, executions["GalleryIndexer"], "dolg_tfx.GalleryIndex") or [None]
+        if index is not None:
+            summary["gallery_index"] = read_json_artifact_file(index.uri, INDEX_SUMMARY)
     return summary
 
 
@@ -245,6 +264,10 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  model {'BLESSED' if summary['blessed'] else 'NOT BLESSED'}")
     pushed = summary.get("pushed_to")
     lines.append(f"  pushed to: {pushed if pushed else 'nothing pushed'}")
+    if summary.get("gallery_index") is not None:
+        from components.gallery_index.build import describe
+
+        lines.append(f"  gallery: {describe(summary['gallery_index'])}")
     cached = [k for k, v in summary["components"].items() if v == "CACHED"]
     if cached:
         lines.append(f"  reused from cache: {', '.join(sorted(cached))}")

@@ -4,7 +4,9 @@ and module path from the runner that calls it (local_runner, kubeflow_runner).
 ImageExampleGen -> StatisticsGen + ImportSchemaGen -> ExampleValidator -> AnomalyGate
   -> Transform (analysis only: decoded images are never materialised) -> Trainer
   -> Evaluator (retrieval mAP on unseen labels, against the latest blessed model) -> Pusher
+  [-> GalleryIndexer (config.gallery only): the pushed model's gallery index, pushed beside it]
 """
+import json
 import os
 from typing import List, Optional
 
@@ -53,7 +55,9 @@ def create_pipeline(config: PipelineConfig, *, data: str, pipeline_root: str, se
                     schema_file: str, preprocessing_fn: str, run_fn: str,
                     metadata_path: Optional[str] = None, enable_cache: bool = True,
                     trainer_resources=None, trainer_class=None,
-                    trainer_custom_config: Optional[dict] = None) -> tfx.dsl.Pipeline:
+                    trainer_custom_config: Optional[dict] = None,
+                    gallery_index_dir: Optional[str] = None,
+                    gallery_fingerprint: Optional[str] = None) -> tfx.dsl.Pipeline:
     """The DOLG-TFX pipeline.
 
     Args:
@@ -73,7 +77,13 @@ def create_pipeline(config: PipelineConfig, *, data: str, pipeline_root: str, se
       trainer_class, trainer_custom_config: another Trainer component class taking the same
         arguments (e.g. tfx.extensions.google_cloud_ai_platform.Trainer, which trains in a
         Vertex AI CustomJob) and the custom_config keys it reads; None: the standard Trainer.
+      gallery_index_dir: with ``config.gallery``: where each pushed model's index goes
+        (``<gallery_index_dir>/<version>``, beside ``<serving_model_dir>/<version>``).
+      gallery_fingerprint: a digest of the gallery's files (local runs), so that a changed
+        gallery re-runs GalleryIndexer; None where the runner cannot list it.
     """
+    if config.gallery and not gallery_index_dir:
+        raise ValueError("a gallery needs gallery_index_dir: where the pushed indexes go")
     example_gen = ImageExampleGen(input_base=data, eval_fraction=config.eval_fraction,
                                   max_bytes=config.max_bytes, max_pixels=config.max_pixels)
     statistics = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
@@ -115,10 +125,21 @@ def create_pipeline(config: PipelineConfig, *, data: str, pipeline_root: str, se
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
 
+    components = [example_gen, statistics, schema, validator, gate, transform, trainer, baseline,
+                  evaluator, pusher]
+    if config.gallery:
+        from components.gallery_index.component import GalleryIndexer
+
+        # After the Pusher: the index is named by the version the Pusher chose.
+        components.append(GalleryIndexer(
+            model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+            pushed_model=pusher.outputs["pushed_model"], gallery=config.gallery,
+            index_dir=gallery_index_dir, beam_args=json.dumps(beam_pipeline_args(config)),
+            gallery_fingerprint=gallery_fingerprint or ""))
+
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name, pipeline_root=pipeline_root,
-        components=[example_gen, statistics, schema, validator, gate, transform, trainer, baseline,
-                    evaluator, pusher],
+        components=components,
         enable_cache=enable_cache,
         metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
                                     if metadata_path else None),

@@ -207,4 +207,11 @@ def component_result(layout, name: str, config) -> str:
             dest = pushed.custom_properties["pushed_destination"].string_value
             return f"{cached}pushed version {dest.rstrip('/').rsplit('/', 1)[-1]} to {dest}"
         return f"{cached}nothing pushed (the model was not blessed)"
+    if name == "GalleryIndexer":
+        from components.gallery_index.build import SUMMARY_FILE, describe
+
+        [index] = outputs("dolg_tfx.GalleryIndex") or [None]
+        if index is None:
+            return cached.rstrip("; ")
+        return f"{cached}{describe(local_runner.read_json_artifact_file(index.uri, SUMMARY_FILE))}"
     return cached.rstrip("; ")

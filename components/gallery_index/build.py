@@ -127,6 +127,15 @@ class BuildResult:
         return out
 
 
+def describe(summary: dict) -> str:
+    """One line on a GalleryIndexer's ``summary.json``, for the console and the run summary."""
+    if not summary.get("indexed"):
+        return f"no index pushed ({summary.get('reason', 'nothing was pushed')})"
+    return (f"index of model version {summary['model_version']} pushed to {summary['index_dir']}: "
+            f"{summary['images']} images, {summary['embedded']} embedded, {summary['reused']} reused "
+            f"from the cache, {len(summary['failures'])} skipped")
+
+
 def build_index(candidates: Sequence, model_dir: str, model_version, index_base: str, work_dir: str,
                 pipeline_args: Sequence[str] = (), batch_size: int = 32,
                 max_bytes: Optional[int] = None) -> BuildResult:

@@ -4,23 +4,32 @@ model to the Evaluator as its baseline; a candidate whose held-out mAP is more t
 Then the pushed DOLG model itself: what the pinned TF Serving's TensorFlow needs to load it, and
 the REST / gRPC stand-ins of TF Serving serving it to the project's clients.
 
-Three runs on one output folder (ingestion, statistics and Transform are cached after the
-first):
+Four runs on one output folder, each with a small gallery (ingestion, statistics and Transform
+are cached after the first):
 1. "weak": two steps at a learning rate of 1e-6 (its initial weights, in effect). Nothing was
    blessed before, so only min_map gates it: blessed and pushed.
 2. "better": 60 steps. Its baseline is the weak model; it beats it: blessed and pushed.
 3. "worse": the weak configuration again. Its Trainer is cached, so the candidate is the weak
    model, and its baseline is now the 60-step model: more than max_map_drop worse, refused.
    (The same verdict as for a newly trained weak model, at the cost of an evaluation.)
+4. "again": the better configuration again with one image added to the gallery. Trainer cached;
+   evaluated against itself, so blessed; pushed again under a new version, whose index embeds
+   only the added image (the rest come from the cache of that model's embeddings).
+The gallery index goes with every push: gallery_index/<V> beside serving_model/<V>.
 """
 import os
 import pathlib
 
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from click.testing import CliRunner
 
+from components.retrieval.index import GalleryIndex
 from conftest import REPO, load_fixture
+from dolg_tfx.cli import main as cli_main
 from pipeline import local_runner
 from pipeline.config import load_config
 from pipeline.demo_data import generate_landmarks
@@ -30,7 +39,9 @@ stand_in = load_fixture("stand_in_model")
 MAX_DROP = 0.02
 BASE = load_config("tiny").replace(max_map_drop=MAX_DROP, eval_fraction=0.34)
 WEAK = dict(train_steps=2, steps_per_epoch=2, warmup_steps=0, learning_rate=1e-6)
-RUNS = {"weak": WEAK, "better": dict(train_steps=60, steps_per_epoch=60), "worse": WEAK}  # in this order
+BETTER = dict(train_steps=60, steps_per_epoch=60)
+RUNS = {"weak": WEAK, "better": BETTER, "worse": WEAK, "again": BETTER}  # in this order
+GALLERY_IMAGES = 9
 MAP = "retrieval_mAP"
 
 
@@ -65,15 +76,21 @@ def _map_values(evaluation_uri):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("gate")
-    data, out = root / "data", root / "out"
+    data, out, gallery = root / "data", root / "out", root / "gallery"
     generate_landmarks(data, n_landmarks=12, views_per_landmark=6, size=64, seed=11)
+    generate_landmarks(gallery, n_landmarks=3, views_per_landmark=3, size=64, seed=5)
     results = {}
     for name, changes in RUNS.items():
-        summary = local_runner.run(BASE.replace(**changes), str(data), str(out), verbose=False)
+        if name == "again":  # a new gallery image, from the training data's folder
+            (gallery / "added").mkdir()
+            shutil.copy(data / "landmark_001" / "landmark_001_01.jpg", gallery / "added" / "added.jpg")
+        summary = local_runner.run(BASE.replace(gallery=str(gallery), **changes), str(data), str(out),
+                                   verbose=False)
         io = _evaluator_io(out)
         (evaluation,) = io[("out", "evaluation")]
         summary.update(versions=sorted(os.listdir(out / "serving_model")), baseline=io.get(("in", "baseline_model"), []),
-                       maps=_map_values(evaluation), data=data)
+                       maps=_map_values(evaluation), data=data, out=out, gallery=gallery,
+                       indexes=sorted(n for n in os.listdir(out / "gallery_index") if n.isdigit()))
         results[name] = summary
         print(f"{name}: eval images {summary['ingestion']['emitted']}, {MAP}={summary['metrics'][MAP]:.4f} blessed={summary['blessed']} "
               f"pushed={summary['pushed_to']} baseline={summary['baseline']}")
@@ -122,6 +139,76 @@ def test_worse_model_is_not_blessed_and_pushes_nothing(runs):
     assert worse["blessed"] is False
     assert worse["pushed_to"] is None
     assert worse["versions"] == better["versions"]
+    # ... and no index either: the indexer saw the refusal and wrote nothing.
+    assert worse["gallery_index"]["indexed"] is False
+    assert worse["indexes"] == better["indexes"] == better["versions"]
+
+
+# ------------------------------------------------------------------ the gallery index -----
+
+def _version(summary):
+    return pathlib.Path(summary["pushed_to"]).name
+
+
+def _search(*args):
+    return CliRunner().invoke(cli_main, ["search", *map(str, args)])
+
+
+def test_each_push_has_its_index_tagged_with_the_version(runs):
+    for name in ("weak", "better"):
+        summary, version = runs[name], _version(runs[name])
+        built = summary["gallery_index"]
+        assert built["indexed"] is True and built["model_version"] == int(version)
+        assert built["index_dir"] == str(summary["out"] / "gallery_index" / version)
+        index = GalleryIndex.load(built["index_dir"])
+        assert index.model_version == int(version) and len(index) == GALLERY_IMAGES
+        assert index.model == summary["pushed_to"]
+        # A new model: its cache was empty, every image was embedded.
+        assert (built["embedded"], built["reused"]) == (GALLERY_IMAGES, 0)
+    assert runs["better"]["indexes"] == runs["better"]["versions"]  # one index per pushed version
+
+
+def test_search_through_the_pushed_pair_is_brute_force_over_the_pushed_model(runs):
+    better = runs["better"]
+    index_dir = better["gallery_index"]["index_dir"]
+    index = GalleryIndex.load(index_dir)
+    loaded = tf.saved_model.load(better["pushed_to"])
+    blobs = [pathlib.Path(p).read_bytes() for p in index.paths]
+    gallery = loaded.signatures["serving_default"](images=tf.constant(blobs))["embedding"].numpy()
+    query = better["data"] / "landmark_000" / "landmark_000_00.jpg"  # not in the gallery
+    q = loaded.signatures["serving_default"](images=tf.constant([query.read_bytes()]))["embedding"].numpy()[0]
+    scores = gallery @ q
+    top = np.argsort(-scores, kind="stable")[:5]
+
+    result = _search(query, "--index", index_dir, "--model", better["pushed_to"], "-k", 5)
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in result.output.splitlines() if line.count("\t") == 3]
+    assert [r[2] for r in rows] == [index.ids[i] for i in top]
+    np.testing.assert_allclose([float(r[1]) for r in rows], scores[top], atol=1e-4)
+
+
+def test_the_old_index_is_refused_with_the_new_model(runs):
+    old, new = _version(runs["weak"]), _version(runs["better"])
+    old_index = runs["weak"]["gallery_index"]["index_dir"]
+    query = runs["better"]["data"] / "landmark_000" / "landmark_000_00.jpg"
+    for model in (runs["better"]["pushed_to"], runs["better"]["out"] / "serving_model" / new):
+        result = _search(query, "--index", old_index, "--model", model)
+        assert result.exit_code != 0
+        assert f"built with model version {old}, but the model" in result.output
+        assert f"is version {new}" in result.output
+
+
+def test_a_rerun_with_one_more_gallery_image_embeds_only_that_image(runs):
+    better, again = runs["better"], runs["again"]
+    assert again["components"]["Trainer"] == "CACHED"
+    assert _model_artifact(again) == _model_artifact(better)  # the same model ...
+    assert again["blessed"] is True and _version(again) not in better["versions"]  # ... pushed anew
+    built = again["gallery_index"]
+    assert built["model_version"] == int(_version(again))
+    assert built["model_digest"] == better["gallery_index"]["model_digest"]
+    assert (built["images"], built["embedded"], built["reused"]) == (GALLERY_IMAGES + 1, 1, GALLERY_IMAGES)
+    index = GalleryIndex.load(built["index_dir"])
+    assert "added/added.jpg" in index.ids and again["indexes"] == again["versions"]
 
 
 # ------------------------------------------------------------------ the pushed model ------
