@@ -22,6 +22,11 @@ def kubeflow():
                    "gs://BUCKET/images, or an absolute path mounted in the pods.")
 @click.option("--serving-dir", required=True, metavar="URI",
               help="The Pusher's destination, e.g. gs://BUCKET/serving/dolg.")
+@click.option("--gallery", default=None, metavar="PATH",
+              help="A gallery to index with every pushed model (folder or CSV; gs://... or a mounted "
+                   "absolute path); default: the config's gallery, if any.")
+@click.option("--gallery-index-dir", default=None, metavar="URI",
+              help="Where the index of each pushed version goes (default: SERVING_DIR-gallery-index).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help=".yaml: PipelineSpec for Kubeflow Pipelines; .json: Vertex AI PipelineJob.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
@@ -49,7 +54,7 @@ def kubeflow():
 @click.option("--vertex-region", default=None, help="With --trainer-workers > 1: its region, e.g. europe-west4.")
 @click.option("--machine-type", default="n1-standard-8", show_default=True,
               help="With --trainer-workers > 1: the Vertex machine type of every replica.")
-def compile_cmd(image, pipeline_root, data, serving_dir, output, config_file, preset, pipeline_name, gpus,
+def compile_cmd(image, pipeline_root, data, serving_dir, gallery, gallery_index_dir, output, config_file, preset, pipeline_name, gpus,
                 gpu_type, cpu, memory, beam_args, no_cache, trainer_workers, vertex_project, vertex_region,
                 machine_type):
     """Compile the pipeline into a file for Kubeflow Pipelines (.yaml) or Vertex AI (.json).
@@ -59,14 +64,15 @@ def compile_cmd(image, pipeline_root, data, serving_dir, output, config_file, pr
     from pipeline import kubeflow_runner
     from pipeline.config import load_config
 
-    overrides = {"pipeline_name": pipeline_name} if pipeline_name else {}
+    overrides = {k: v for k, v in (("pipeline_name", pipeline_name), ("gallery", gallery)) if v}
     try:
         config = load_config(preset, config_file, **overrides)
         path = kubeflow_runner.compile_pipeline(
             config, image=image, pipeline_root=pipeline_root, output_file=output, data=data,
             serving_model_dir=serving_dir, gpus=gpus, gpu_type=gpu_type, beam_args=beam_args, cpu=cpu,
             memory=memory, enable_cache=not no_cache, trainer_workers=trainer_workers,
-            vertex_project=vertex_project, vertex_region=vertex_region, machine_type=machine_type)
+            vertex_project=vertex_project, vertex_region=vertex_region, machine_type=machine_type,
+            gallery_index_dir=gallery_index_dir)
     except ValueError as err:  # ConfigError is a ValueError too
         raise click.ClickException(str(err))
     kind = ("Vertex AI PipelineJob" if kubeflow_runner.output_format(path) == "json"

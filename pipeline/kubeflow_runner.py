@@ -59,6 +59,13 @@ def output_format(output_file: str) -> str:
                      "or .json (Vertex AI PipelineJob)")
 
 
+def default_gallery_index_dir(serving_model_dir: str) -> str:
+    """Beside the serving folder: gs://B/serving/dolg -> gs://B/serving/dolg-gallery-index, whose
+    <version> folders pair with the serving folder's (a sibling of the model's own name, so two
+    models served from one parent folder never share one)."""
+    return f"{serving_model_dir.rstrip('/')}-gallery-index"
+
+
 def validate_locations(pipeline_root: str, data: str, serving_model_dir: str) -> None:
     """Rejects locations that cannot work when every step runs in its own pod.
 
@@ -233,7 +240,8 @@ def build_pipeline(config, image: str, pipeline_root: str, data: str, serving_mo
                    memory: Optional[str] = "30G", beam_args: Sequence[str] = (),
                    schema_file: str = CONTAINER_SCHEMA_FILE, enable_cache: bool = True,
                    trainer_workers: int = 1, vertex_project: Optional[str] = None,
-                   vertex_region: Optional[str] = None, machine_type: str = DEFAULT_MACHINE_TYPE):
+                   vertex_region: Optional[str] = None, machine_type: str = DEFAULT_MACHINE_TYPE,
+                   gallery_index_dir: Optional[str] = None):
     """The tfx.dsl.Pipeline as it will run on the cluster (see compile_pipeline for the args)."""
     from tfx import v1 as tfx
 
@@ -242,6 +250,12 @@ def build_pipeline(config, image: str, pipeline_root: str, data: str, serving_mo
 
     config.validate()  # again: a config may have been changed after it was built
     validate_locations(pipeline_root, data, serving_model_dir)
+    if config.gallery:
+        gallery_index_dir = gallery_index_dir or default_gallery_index_dir(serving_model_dir)
+        for name, where in (("gallery", config.gallery), ("gallery_index_dir", gallery_index_dir)):
+            if not (has_scheme(where) or os.path.isabs(where)):
+                raise ValueError(f"{name} {where!r} must be a URI (gs://...) or an absolute path "
+                                 "mounted in the GalleryIndexer's pod")
     if not image:
         raise ValueError("image is required: the container image every step runs in")
     config = config.replace(beam_args=_with_worker_image(tuple(config.beam_args) + tuple(beam_args), image))
@@ -262,7 +276,10 @@ def build_pipeline(config, image: str, pipeline_root: str, data: str, serving_mo
     tfx_pipeline = create_pipeline(
         config, data=data, pipeline_root=pipeline_root, serving_model_dir=serving_model_dir,
         schema_file=schema_file, preprocessing_fn=PREPROCESSING_FN, run_fn=RUN_FN,
-        metadata_path=None, enable_cache=enable_cache, **trainer)
+        metadata_path=None, enable_cache=enable_cache, gallery_index_dir=gallery_index_dir,
+        # No gallery fingerprint: listing the gallery at compile time would need its storage.
+        # The indexer re-runs with every push (its inputs change); see the README.
+        **trainer)
     _refuse_module_files(tfx_pipeline)
     return tfx_pipeline
 
@@ -273,7 +290,7 @@ def compile_pipeline(config, image: str, pipeline_root: str, output_file: str, d
                      memory: Optional[str] = "30G", schema_file: str = CONTAINER_SCHEMA_FILE,
                      enable_cache: bool = True, trainer_workers: int = 1,
                      vertex_project: Optional[str] = None, vertex_region: Optional[str] = None,
-                     machine_type: str = DEFAULT_MACHINE_TYPE) -> str:
+                     machine_type: str = DEFAULT_MACHINE_TYPE, gallery_index_dir: Optional[str] = None) -> str:
     """Compiles the pipeline into ``output_file`` and returns its path.
 
     Args:
@@ -293,6 +310,8 @@ def compile_pipeline(config, image: str, pipeline_root: str, output_file: str, d
       trainer_workers: 1: the Trainer is one pod (gpus, gpu_type, cpu, memory). N > 1 (.json
         only): it runs as a Vertex AI CustomJob of N replicas of machine_type, each with gpus x
         gpu_type, in vertex_project / vertex_region (see vertex_training_config).
+      gallery_index_dir: with ``config.gallery`` (a URI or mounted path): where each pushed
+        model's index goes; default ``default_gallery_index_dir(serving_model_dir)``.
     """
     from tfx import v1 as tfx
 
@@ -301,7 +320,8 @@ def compile_pipeline(config, image: str, pipeline_root: str, output_file: str, d
                                   gpu_type=gpu_type, cpu=cpu, memory=memory, beam_args=beam_args,
                                   schema_file=schema_file, enable_cache=enable_cache,
                                   trainer_workers=trainer_workers, vertex_project=vertex_project,
-                                  vertex_region=vertex_region, machine_type=machine_type)
+                                  vertex_region=vertex_region, machine_type=machine_type,
+                                  gallery_index_dir=gallery_index_dir)
     runner_config = tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
         default_image=image, use_pipeline_spec_2_1=(fmt == "yaml"))
     output_dir = os.path.dirname(output_file) or "."

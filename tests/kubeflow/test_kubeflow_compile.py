@@ -296,6 +296,29 @@ def test_object_store_data_compiles(tmp_path, fmt):
     assert param(spec, "ImageExampleGen", "input_base") == data
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_gallery_adds_the_indexer_after_the_pusher(tmp_path, fmt):
+    """GalleryIndexer compiles as one more task, fed by the Pusher (whose version names the
+    index), the Trainer's model and the blessing; without a gallery there is none (TASKS)."""
+    gallery = "gs://bucket/gallery"
+    result, out = _compile_cli(tmp_path, "--gallery", gallery, name=f"p.{fmt}")
+    assert result.exit_code == 0, result.output
+    spec = read_yaml_spec(out) if fmt == "yaml" else read_json_job(out)[1]
+    assert set(spec.root.dag.tasks) == TASKS | {"GalleryIndexer"}
+    task = spec.root.dag.tasks["GalleryIndexer"]
+    assert {"Pusher", "Trainer", "Evaluator"} <= set(task.dependent_tasks)
+    assert set(task.inputs.artifacts) == {"model", "model_blessing", "pushed_model"}
+    assert task.inputs.artifacts["pushed_model"].task_output_artifact.producer_task == "Pusher"
+    assert param(spec, "GalleryIndexer", "gallery") == gallery
+    assert param(spec, "GalleryIndexer", "index_dir") == kr.default_gallery_index_dir(SERVING)
+    assert task_executor(spec, "GalleryIndexer").container.image == IMAGE
+    chosen, out = _compile_cli(tmp_path, "--gallery", gallery, "--gallery-index-dir", "gs://bucket/idx",
+                               name=f"q.{fmt}")
+    assert chosen.exit_code == 0, chosen.output
+    spec = read_yaml_spec(out) if fmt == "yaml" else read_json_job(out)[1]
+    assert param(spec, "GalleryIndexer", "index_dir") == "gs://bucket/idx"
+
+
 @pytest.mark.parametrize("changes,message", [
     ({"data": "images"}, "absolute path"),
     ({"pipeline_root": "/tmp/root"}, "object-store URI"),
@@ -305,6 +328,8 @@ def test_object_store_data_compiles(tmp_path, fmt):
     ({"output_file": "p.yaml", "gpu_type": "NVIDIA_TESLA_T4"}, "Kubernetes resource"),
     ({"gpus": -1}, "gpus"),
     ({"memory": "lots"}, "memory"),
+    ({"config": load_config("tiny").replace(gallery="gallery")}, "gallery 'gallery' must be a URI"),
+    ({"config": load_config("tiny").replace(gallery=DATA), "gallery_index_dir": "idx"}, "gallery_index_dir"),
 ])
 def test_compile_rejects_what_cannot_run(tmp_path, changes, message):
     args = dict(config=load_config("tiny"), image=IMAGE, pipeline_root=ROOT, output_file="p.yaml",
@@ -318,7 +343,8 @@ def test_compile_rejects_what_cannot_run(tmp_path, changes, message):
 
 @pytest.mark.parametrize("argv,expected", [
     ([], ["kubeflow"]), (["kubeflow"], ["compile", "submit"]),
-    (["kubeflow", "compile"], ["--image", "--pipeline-root", "--data", "--serving-dir", "--gpus", "--beam-arg"]),
+    (["kubeflow", "compile"], ["--image", "--pipeline-root", "--data", "--serving-dir", "--gpus", "--beam-arg",
+                               "--gallery", "--gallery-index-dir"]),
     (["kubeflow", "submit"], ["--host", "--run-name", "--experiment"])])
 def test_cli_help(argv, expected):
     result = CliRunner().invoke(cli_main, [*argv, "--help"])
