@@ -63,12 +63,17 @@ def _load(preset, config_file, overrides=None):
 @click.option("--beam-mode", type=click.Choice(["in_memory", "multi_processing"]), default=None,
               help="Beam DirectRunner mode (default: the config's; multi_processing uses --beam-workers).")
 @click.option("--beam-workers", type=click.IntRange(min=1), default=None)
+@click.option("--gallery", default=None, metavar="DIR_OR_CSV_OR_URI",
+              help="Images to search (a folder, flat or <label>/<image>, or a CSV; a path or gs://...): "
+                   "every model the run pushes to OUTPUT/serving_model/<V> gets its index in "
+                   "OUTPUT/gallery_index/<V>. Default: the config's gallery, if any.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show every log line (TFX, TensorFlow, Beam) on the console too; the full log is "
                    "always kept in OUTPUT/logs/.")
-def run(data, output, config_file, preset, no_cache, beam_mode, beam_workers, verbose):
+def run(data, output, config_file, preset, no_cache, beam_mode, beam_workers, gallery, verbose):
     """Run the whole pipeline on your images, print a summary and write report.html."""
-    overrides = {k: v for k, v in (("beam_mode", beam_mode), ("beam_workers", beam_workers)) if v}
+    overrides = {k: v for k, v in (("beam_mode", beam_mode), ("beam_workers", beam_workers),
+                                   ("gallery", gallery)) if v}
     config = _load(preset, config_file, overrides)
     summary, report, log_path, _ = _run_pipeline(config, data, output, verbose, preset,
                                                   enable_cache=not no_cache)
@@ -85,13 +90,14 @@ def run(data, output, config_file, preset, no_cache, beam_mode, beam_workers, ve
               help="Show every log line (TFX, TensorFlow, Beam) on the console too; the full log is "
                    "always kept in OUTPUT/logs/.")
 def demo(output, landmarks, views, preset, config_file, verbose):
-    """Generate synthetic landmarks, run the pipeline, compare trained and untrained mAP,
-    and query the pushed model."""
+    """Generate synthetic landmarks, run the pipeline with them as the gallery too, compare
+    trained and untrained mAP, and query the pushed model through its pushed gallery index."""
     from pipeline import demo_report
     from pipeline.demo_data import generate_landmarks
 
-    config = _load(preset, config_file)
     data = os.path.join(output, "data")
+    # The demo's landmarks are its gallery: the pipeline indexes them with the model it pushes.
+    config = _load(preset, config_file, {"gallery": os.path.abspath(data)})
 
     def draw_data():
         if os.path.isdir(data):
