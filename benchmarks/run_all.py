@@ -36,6 +36,7 @@ BENCHMARKS = (
     ("dolg_head", "What DOLG's head costs against the floor's GeM + FC", ["--rounds", "7"], ["--rounds", "21"]),
     ("index_scale", None, ["--quick"], ["--full"]),
     ("multi_worker", None, ["--quick"], ["--full"]),
+    ("ingest_scale", None, ["--quick"], ["--full"]),
 )
 # These print their own markdown table (caption line first); the others return it in JSON.
 PRINTS_TABLE = {"train_step": "Training step", "dilated_conv": "Dilated 3x3", "dolg_head": "DOLG head"}
