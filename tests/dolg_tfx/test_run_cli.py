@@ -7,6 +7,7 @@ import html.parser
 import io
 import json
 import pathlib
+import re
 import subprocess
 
 import numpy as np
@@ -64,12 +65,18 @@ def test_the_default_console_is_quiet_and_names_the_log(user_run):
     assert "Pusher done in" in console and "pushed version" in console
     steps = load_config("tiny").train_steps
     assert f"] {steps}/{steps} steps  loss " in console   # the Trainer's progress bar, last state
-    [log] = (user_run["out"] / "logs").glob("run-*.log")
+    log = _named_log(console)
+    assert log.parent == user_run["out"] / "logs" and log.name.startswith("run-")
     last = console.strip().splitlines()[-2:]
     assert any(str(log) in line for line in last) and any("report.html" in line for line in last), last
     # The log file has what the console left out: TFX's INFO records and TensorFlow's notices.
     text = log.read_text(errors="replace")
     assert "Component Trainer is running." in text and "WARNING" in text
+
+
+def _named_log(console: str) -> pathlib.Path:
+    [path] = re.findall(r"^Full log: (\S+\.log)$", console, flags=re.M)
+    return pathlib.Path(path)
 
 
 class _Report(html.parser.HTMLParser):

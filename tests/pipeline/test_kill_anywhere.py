@@ -13,6 +13,7 @@ the current run (polled read-only); the Pusher runs too briefly for that, so it 
 moment its version folder appears in the serving folder, i.e. in the middle of the copy.
 """
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -187,6 +188,21 @@ def test_rerun_after_the_kills_is_blessed_with_exactly_one_new_complete_version(
     new = [v for v in after if v not in before]
     assert len(new) == 1 and os.path.samefile(new[0], summary["pushed_to"]), (before, after, summary)
     assert os.path.isfile(os.path.join(summary["pushed_to"], "saved_model.pb"))
+
+
+def test_the_verbose_console_carries_the_whole_log(chain):
+    """Every run of the chain is started with --verbose (the quiet default is checked by
+    tests/dolg_tfx/test_run_cli.py): the final run's terminal has every line of the log file it
+    names, third-party notices included, as well as the console's own lines."""
+    chain.finish()
+    console = chain.logs["final"].read_text(errors="replace")
+    [named] = re.findall(r"^Full log: (\S+\.log)$", console, flags=re.M)
+    log_lines = [line for line in open(named, errors="replace").read().splitlines()
+                 if line.strip() and not line.startswith("[console]")]
+    assert len(log_lines) > 20 and "Component Trainer is running." in console and "WARNING" in console
+    missing = [line for line in log_lines if line not in console]
+    assert not missing, missing[:5]
+    assert "  Trainer done in " in console
 
 
 def test_the_runs_outputs_read_the_same_from_an_object_store(chain, tmp_path):
