@@ -89,6 +89,7 @@ def make_data(root, n):
     csv_path = os.path.join(root, "train.csv")
     if os.path.exists(csv_path):
         return csv_path
+    os.makedirs(root, exist_ok=True)
     jpegs = _tiny_jpegs()
     with open(csv_path + ".tmp", "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
