@@ -74,7 +74,11 @@ def component_times(layout) -> dict:
 
 
 def rejected_files(report_uri: Optional[str], limit: int = 20) -> dict:
-    """{reason: {"count": n, "paths": first `limit` paths}} from the ingestion report."""
+    """{reason: {"count": n, "paths": the first `limit` paths in path order}} from the
+    ingestion report. Its lines come in no fixed order (Beam's shards), so the first paths are
+    kept by path while streaming: the same page for the same data, in memory of `limit` paths."""
+    import bisect
+
     import tensorflow as tf
 
     out: dict = {}
@@ -87,8 +91,8 @@ def rejected_files(report_uri: Optional[str], limit: int = 20) -> dict:
             row = json.loads(line)
             entry = out.setdefault(row.get("reason") or "unknown", {"count": 0, "paths": []})
             entry["count"] += 1
-            if len(entry["paths"]) < limit:
-                entry["paths"].append(row.get("path", ""))
+            bisect.insort(entry["paths"], row.get("path", ""))
+            del entry["paths"][limit:]
     return out
 
 
