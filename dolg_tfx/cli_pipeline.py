@@ -92,14 +92,15 @@ def run(data, output, config_file, preset, no_cache, beam_mode, beam_workers, ga
 def demo(output, landmarks, views, preset, config_file, verbose):
     """Generate synthetic landmarks, run the pipeline with them as the gallery too, compare
     trained and untrained mAP, and query the pushed model through its pushed gallery index."""
-    from pipeline import demo_report
-    from pipeline.demo_data import generate_landmarks
-
     data = os.path.join(output, "data")
     # The demo's landmarks are its gallery: the pipeline indexes them with the model it pushes.
     config = _load(preset, config_file, {"gallery": os.path.abspath(data)})
 
+    # The imports that load TensorFlow happen inside the console, so its start-up notices go
+    # to the log, not the terminal.
     def draw_data():
+        from pipeline.demo_data import generate_landmarks
+
         if os.path.isdir(data):
             return f"Using the synthetic landmarks in {os.path.abspath(data)}"
         info = generate_landmarks(data, n_landmarks=landmarks, views_per_landmark=views,
@@ -108,9 +109,17 @@ def demo(output, landmarks, views, preset, config_file, verbose):
 
     summary, report, log_path, closing = _run_pipeline(
         config, data, os.path.join(output, "run"), verbose, preset, before=draw_data,
-        after=lambda summary: demo_report.report(config, summary))
+        after=_demo_report(config))
     click.echo(closing)
     _closing_lines(summary, report, log_path)
+
+
+def _demo_report(config):
+    def after(summary):
+        from pipeline import demo_report
+
+        return demo_report.report(config, summary)
+    return after
 
 
 @click.command()
