@@ -9,6 +9,7 @@ import pathlib
 from typing import Optional, Tuple
 
 from components.image_example_gen.checks import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from components.image_example_gen.inputs import DEFAULT_FINGERPRINT_MAX_FILES
 from dolg_model.config import ConfigError, DOLGConfig, check_fields
 
 # Kubeflow's rule for pipeline names, applied to every run so a local config compiles too.
@@ -41,6 +42,9 @@ class PipelineConfig:
       beam_mode: "in_memory" or "multi_processing" for the DirectRunner.
       beam_workers: DirectRunner workers in multi_processing mode.
       beam_args: extra Beam pipeline arguments (e.g. for Dataflow or Flink).
+      fingerprint_max_files: local inputs (the data, the gallery) with more files than this
+        are not fingerprinted for the cache: the walk would cost a listing of every file at each
+        run. Then caching cannot see edited files: after editing such data, run with --no-cache.
       gallery: optional gallery (a folder of images, flat or root/<label>/<image>, or a CSV;
         a path or URI): every model the run pushes gets its index of it, pushed beside it.
       model: the DOLGConfig.
@@ -66,6 +70,7 @@ class PipelineConfig:
     beam_mode: str = "in_memory"
     beam_workers: int = 2
     beam_args: Tuple[str, ...] = ()
+    fingerprint_max_files: int = DEFAULT_FINGERPRINT_MAX_FILES
     gallery: Optional[str] = None
     model: DOLGConfig = DOLGConfig()
 
@@ -86,7 +91,7 @@ class PipelineConfig:
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError("eval_fraction", self.eval_fraction, "must be in (0, 1)")
         for name in ("max_bytes", "max_pixels", "batch_size", "train_steps", "steps_per_epoch",
-                     "beam_workers"):
+                     "beam_workers", "fingerprint_max_files"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(name, value, "must be an integer >= 1")
@@ -143,7 +148,7 @@ class PipelineConfig:
 
 
 NOT_FOR_TRAINER = ("pipeline_name", "eval_fraction", "max_bytes", "min_map", "max_map_drop",
-                   "beam_mode", "beam_workers", "beam_args", "gallery")
+                   "beam_mode", "beam_workers", "beam_args", "gallery", "fingerprint_max_files")
 
 # Presets. "paper" is the authors' recipe for GPUs; the others fit a 2-core CPU.
 PRESETS = {

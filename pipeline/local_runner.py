@@ -70,7 +70,7 @@ def run(config: PipelineConfig, data: str, output: str, enable_cache: bool = Tru
         if config.gallery:
             if not storage.is_uri(config.gallery):  # the manifest and the cache key need one name for it
                 config = config.replace(gallery=os.path.abspath(config.gallery))
-            gallery_fingerprint = fingerprint(config.gallery)
+            gallery_fingerprint = fingerprint(config.gallery, max_files=config.fingerprint_max_files)
         write_manifest(layout, config, data, preset)
         logging.set_verbosity(logging.INFO if verbose or watch is not None else logging.WARNING)
         if killed:

@@ -79,3 +79,28 @@ def test_run_command_passes_beam_mode_to_the_pipeline(tmp_path, monkeypatch):
     assert seen["config"].beam_mode == "multi_processing" and seen["config"].beam_workers == 3
     assert seen["cache"] is False and seen["preset"] == "tiny"
     assert "--direct_num_workers=3" in beam_pipeline_args(seen["config"])
+
+
+def test_fingerprint_max_files_reaches_ingestion(tmp_path, caplog):
+    """Above the config's file count, ImageExampleGen takes no fingerprint and says why."""
+    from pipeline.pipeline import create_pipeline
+    from schemas import SCHEMA_FILE
+    from pipeline.config import PREPROCESSING_FN, RUN_FN
+
+    for i in range(3):
+        (tmp_path / "data" / "a").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "a" / f"{i}.jpg").write_bytes(b"x" * i)
+
+    def fingerprint_of(config):
+        pipe = create_pipeline(config, data=str(tmp_path / "data"), pipeline_root=str(tmp_path / "root"),
+                               serving_model_dir=str(tmp_path / "serving"), schema_file=SCHEMA_FILE,
+                               preprocessing_fn=PREPROCESSING_FN, run_fn=RUN_FN)
+        [gen] = [c for c in pipe.components if c.id == "ImageExampleGen"]
+        return gen.exec_properties["input_fingerprint"]
+
+    assert fingerprint_of(PRESETS["tiny"])
+    with caplog.at_level("WARNING"):
+        assert not fingerprint_of(PRESETS["tiny"].replace(fingerprint_max_files=2))
+    assert "fingerprint_max_files" in caplog.text and "--no-cache" in caplog.text
+    with pytest.raises(ConfigError, match="fingerprint_max_files"):
+        PRESETS["tiny"].replace(fingerprint_max_files=0)
