@@ -58,14 +58,16 @@ def test_pipeline_graph_does_not_grow_with_the_manifest(tmp_path):
 
 
 _PEAK = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     import dolg_tfx  # noqa: F401
     from tfx.types import standard_artifacts
     from components.image_example_gen.executor import Executor
     from components.image_example_gen.spec import IngestionReport
-    def rss_mb():
+    def status_mb(key):
         with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+            return next(int(l.split()[1]) for l in f if l.startswith(key + ":")) / 1024
+    def rss_mb():
+        return status_mb("VmRSS")
     examples, report = standard_artifacts.Examples(), IngestionReport()
     examples.uri, report.uri = sys.argv[2] + "/examples", sys.argv[2] + "/report"
     before = rss_mb()
@@ -73,7 +75,9 @@ _PEAK = textwrap.dedent("""
         Executor().Do({}, {"examples": [examples], "report": [report]}, {"input_base": sys.argv[1]})
     except RuntimeError as e:  # nothing accepted: expected, every image is missing
         assert "accepted no file" in str(e), e
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: getrusage keeps the maximum across fork and exec, so it would
+    # report the parent's size (a pytest worker at several GB) instead of this process's.
+    peak = status_mb("VmHWM")
     print(json.dumps({"before_mb": before, "peak_mb": peak}))
 """)
 
