@@ -137,7 +137,9 @@ def test_explain_works_from_the_pushed_model(first_run, tmp_path):
         assert overlay.std() > 0
     serve = tf.saved_model.load(first_run["summary"]["pushed_to"]).signatures["attention"]
     att = serve(image=tf.constant(image.read_bytes()))["attention"].numpy()
-    assert att.shape == (72, 72) and np.all(att > 0) and att.std() > 0
+    # softplus is positive in exact arithmetic but underflows to 0.0 in float32 below about -104,
+    # which a briefly trained model reaches on background: non-negative and finite is the contract
+    assert att.shape == (72, 72) and np.all(np.isfinite(att)) and np.all(att >= 0) and att.std() > 0
 
 
 def test_scales_chosen_per_request(first_run):
