@@ -4,14 +4,18 @@ command, ends BLESSED with exactly one new complete model version, reusing what 
 One chain shares the data, the output folder and every finished component (a full run per
 component would cost five pipelines): run 1 is killed during ImageExampleGen, run 2 (the same
 command) during Transform, run 3 during the Trainer, run 4 during the Evaluator, run 5 during
-the Pusher, and run 6 must finish. Each test below is one link and proves, from ML Metadata,
+the Pusher, and run 6 must finish. The Trainer is killed after its first epoch-end backup, so
+run 4 also shows a killed Trainer resuming from that backup rather than from step 0. Each test below is one link and proves, from ML Metadata,
 that its component was executing when the kill landed and that the components an earlier run
 had finished were reused from the cache; asking for a later link runs the earlier ones first.
 
 Kill points: a component is "executing" once ML Metadata records its execution as RUNNING in
 the current run (polled read-only); the Pusher runs too briefly for that, so it is killed the
-moment its version folder appears in the serving folder, i.e. in the middle of the copy.
+moment its version folder appears in the serving folder, i.e. in the middle of the copy. The
+Trainer is killed once it is RUNNING and has written a backup.
 """
+import glob
+import json
 import os
 import re
 import signal
@@ -36,6 +40,9 @@ CHAIN = ["ImageExampleGen", "Transform", "Trainer", "Evaluator", "Pusher"]
 INGESTION = ["ImageExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate"]
 # Generous safety bounds, not timing claims: a run that hangs must fail, not block CI.
 START_TIMEOUT_S, RUN_TIMEOUT_S = 600, 900
+# The tiny preset with backups every 10 steps and 30 steps after the first: time to see the
+# backup and kill before training ends (BackupAndRestore deletes its backup when it does).
+STEPS, EPOCH = 40, 10
 
 
 class Chain:
@@ -45,6 +52,9 @@ class Chain:
         self.root = root
         self.data, self.out = root / "data", root / "out"
         generate_landmarks(self.data, n_landmarks=6, views_per_landmark=5, size=64, seed=11)
+        self.config = root / "chain.json"
+        self.config.write_text(json.dumps({"train_steps": STEPS, "steps_per_epoch": EPOCH}))
+        self.backups = str(self.out / "pipeline" / "_trainer_backup" / "*" / "**" / "checkpoint")
         self.layout = local_runner.Layout(str(self.out))
         self.killed = {}  # component -> {component: state} of the run killed during it
         self.logs = {}
@@ -57,7 +67,8 @@ class Chain:
         # The same command every time; output to a file: an unread pipe would block the child.
         return subprocess.Popen(
             [sys.executable, "-c", "from dolg_tfx.cli import main; main()", "run", "--data", str(self.data),
-             "--output", str(self.out), "--preset", "tiny", "--verbose"],
+             "--output", str(self.out), "--preset", "tiny", "--config", str(self.config),
+             "--verbose"],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def _runs(self):
@@ -103,7 +114,8 @@ class Chain:
                         break
                     time.sleep(0.005)  # the copy of a small model takes milliseconds
                 else:
-                    if self._running(component, known_runs):
+                    if self._running(component, known_runs) and (
+                            component != "Trainer" or glob.glob(self.backups, recursive=True)):
                         break
                     time.sleep(0.2)
         finally:
@@ -164,6 +176,19 @@ def test_kill_during_evaluator_reuses_transform(chain):
     assert states["Transform"] == "CACHED" and states["Trainer"] == "COMPLETE", states
 
 
+def test_killed_trainer_resumed_from_its_last_backup(chain):
+    """Run 3 was killed after the Trainer's first backup; run 4's Trainer went on from a backup
+    boundary, not from step 0, and still trained exactly STEPS steps."""
+    from pipeline.trainer import PROGRESS_FILE
+
+    chain.kill_during("Evaluator")
+    runs = sorted(chain.out.glob(f"pipeline/Trainer/model_run/*/{PROGRESS_FILE}"), key=lambda p: int(p.parent.name))
+    progress = json.loads(runs[-1].read_text())
+    assert 0 < progress["initial_step"] < STEPS and progress["initial_step"] % EPOCH == 0, progress
+    assert progress["step"] == STEPS, progress
+    assert "resumed from a backup" in chain.logs["killed-in-Evaluator"].read_text(errors="replace")
+
+
 def test_kill_during_pusher_reuses_the_trainer(chain):
     states = chain.kill_during("Pusher")
     assert states["Pusher"] == "RUNNING", states
@@ -192,7 +217,7 @@ def test_rerun_after_the_kills_is_blessed_with_exactly_one_new_complete_version(
 
 def test_the_verbose_console_carries_the_whole_log(chain):
     """Every run of the chain is started with --verbose (the quiet default is checked by
-    tests/dolg_tfx/test_run_cli.py): the final run's terminal has every line of the log file it
+    tests/pipeline/test_pipeline_e2e.py): the final run's terminal has every line of the log file it
     names, third-party notices included, as well as the console's own lines."""
     chain.finish()
     console = chain.logs["final"].read_text(errors="replace")
