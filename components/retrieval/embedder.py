@@ -7,6 +7,7 @@ reported with its path and reason and skipped, it never aborts a whole run.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import os
@@ -108,13 +109,7 @@ class Embedder:
         """
         self.model_dir = resolve_model_dir(model_dir)
         self._loaded = tf.saved_model.load(self.model_dir)
-        self.scales = None if scales is None else [float(s) for s in scales]
-        if self.scales is not None:
-            if SCALES_SIGNATURE not in self._loaded.signatures:
-                raise ValueError(f"{self.model_dir}: no {SCALES_SIGNATURE!r} signature to embed at "
-                                 f"chosen scales (has {sorted(self._loaded.signatures)})")
-            if not self.scales or min(self.scales) <= 0:
-                raise ValueError(f"scales must be positive, got {self.scales}")
+        self._set_scales(scales)
         if IMAGES_SIGNATURE not in self._loaded.signatures:
             raise ValueError(f"{self.model_dir}: no {IMAGES_SIGNATURE!r} signature "
                              f"(has {sorted(self._loaded.signatures)})")
@@ -127,6 +122,22 @@ class Embedder:
             raise ValueError(f"{self.model_dir}: {IMAGES_SIGNATURE} returns "
                              f"{sorted(self._fn.structured_outputs)}, expected {EMBEDDING_OUTPUT!r}")
         self.dim = self._fn.structured_outputs[EMBEDDING_OUTPUT].shape[-1]
+
+    def _set_scales(self, scales: Optional[Sequence[float]]) -> None:
+        self.scales = None if scales is None else [float(s) for s in scales]
+        if self.scales is not None:
+            if SCALES_SIGNATURE not in self._loaded.signatures:
+                raise ValueError(f"{self.model_dir}: no {SCALES_SIGNATURE!r} signature to embed at "
+                                 f"chosen scales (has {sorted(self._loaded.signatures)})")
+            if not self.scales or min(self.scales) <= 0:
+                raise ValueError(f"scales must be positive, got {self.scales}")
+
+    def with_scales(self, scales: Optional[Sequence[float]]) -> "Embedder":
+        """The same model embedding at other scales (None: its exported ones). It shares the
+        loaded SavedModel: loading one (the decoder and Transform graphs with it) takes seconds."""
+        other = copy.copy(self)
+        other._set_scales(scales)
+        return other
 
     def attention_map(self, image_bytes: bytes) -> np.ndarray:
         """The raw local attention map [H, W] of one encoded image, laid over its pixels by the
