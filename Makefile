@@ -4,7 +4,8 @@ DEVENV := tools/devenv.sh
 PYTEST_ARGS ?=
 # Two test processes (pytest-xdist), whole files to each so a module's shared pipeline run
 # happens once: much of a pipeline run is single-threaded Python, so the second core is idle
-# in a serial run (measured: 34 min for the suite with two, about 47 serially).
+# in a serial run (measured: 34 min for the suite with two, about 47 serially). Files go in
+# collection order, the longest first (tests/conftest.py), not xdist's "most tests first".
 TEST_WORKERS ?= 2
 PREFIX ?= /usr/local
 
@@ -19,7 +20,7 @@ install: setup
 	@$(DEVENV) install-launcher $(PREFIX)/bin
 
 test: setup
-	@$(DEVENV) run python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	@$(DEVENV) run python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 demo: setup
 	@$(DEVENV) run dolg-tfx demo $(DEMO_ARGS)

@@ -6,6 +6,21 @@ import dolg_tfx  # noqa: F401
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# The files that run whole pipelines, longest first (minutes each, measured with --durations).
+# `make test` hands whole files to two pytest-xdist workers in collection order
+# (--dist loadfile --no-loadscope-reorder): starting the long ones first lets the short files
+# fill in around them, so both workers end together instead of one finishing a long file alone.
+LONGEST_FIRST = ("tests/pipeline/test_pipeline_e2e.py", "tests/pipeline/test_blessing_gate.py",
+                 "tests/pipeline/test_multi_worker.py", "tests/pipeline/test_kill_anywhere.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: every other file keeps its order
+
 
 def load_fixture(name):
     """tests/fixtures/<name>.py, loaded by file path: a top-level "tests" or "fixtures" package
