@@ -2,7 +2,7 @@
 installed package's data. These tests run tools/devenv.sh again from inside the suite, with
 the marker of "already inside" removed, so its whole entry path (on the rootfs path: a new
 private mount namespace with the Debian 13 /usr over the host's) runs for real. A whole run
-started from a folder outside the repository: tests/dolg_tfx/test_run_cli.py."""
+started from a folder outside the repository: tests/pipeline/test_pipeline_e2e.py."""
 import json
 import os
 import pathlib

@@ -2,7 +2,7 @@
 `dolg-tfx` process (its file descriptors 1 and 2 are what the console redirects, which an
 in-process CliRunner would not show). Default: the steps, a bar over the images, the result and
 the log's name, no third-party notices; `--verbose`: the whole stream as well. The run and demo
-commands use the same Console (tests/dolg_tfx/test_run_cli.py checks their default mode)."""
+commands use the same Console (tests/pipeline/test_pipeline_e2e.py checks their default mode)."""
 import pathlib
 import re
 import subprocess

@@ -1,33 +1,155 @@
-"""The whole pipeline on a tiny config: ingestion with bad files, training, evaluation,
-blessing, push, serving, caching and the NOT_BLESSED path."""
+"""The whole pipeline on a tiny config, started as a user starts it: `dolg-tfx run` from a
+folder outside the repository, through a fresh entry into the environment, with relative paths
+(the data folder's name has a space), in the default quiet console. One run feeds every test
+here: ingestion with bad files, training, evaluation, blessing, push, serving, the console, the
+log file, report.html and how a real browser renders it; one rerun covers caching and the
+NOT_BLESSED path. (An added image re-running ingestion through TFX's cache is checked on
+ImageExampleGen alone in tests/components/test_ingest_fingerprint.py.)"""
+import base64
+import html.parser
 import io
 import json
 import os
 import pathlib
+import re
+import subprocess
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from PIL import Image
+
 from components.image_example_gen.inputs import display_name, from_display_name
-from conftest import load_fixture
+from conftest import REPO, load_fixture
 from pipeline import demo_report, local_runner
 from pipeline.config import load_config
 from pipeline.demo_data import generate_landmarks
+from test_host_paths import DEVENV, outside_env
 
 bad_images = load_fixture("bad_images")
 CONFIG = load_config("tiny")
+SECTIONS = ("run", "ingestion", "training", "evaluation", "retrieval", "attention", "model-card")
+COMPONENTS = ("ImageExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
+              "Transform", "Trainer", "Evaluator", "Pusher")
 
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    data = root / "data"
+    home = tmp_path_factory.mktemp("user")
+    data = home / "city photos"
     generate_landmarks(data, n_landmarks=8, views_per_landmark=5, size=72, seed=3)
     zoo = bad_images.write_image_zoo(data)  # labels alpha/beta/gamma beside the landmarks
     zoo.update(bad_images.write_pipeline_extras(data, display_name))  # bombs, odd names, EXIF
-    summary = local_runner.run(CONFIG, str(data), str(root / "out"))
-    return {"root": root, "data": data, "zoo": zoo, "summary": summary}
+    run = subprocess.run([str(DEVENV), "run", "dolg-tfx", "run", "--data", "city photos", "--output", "out",
+                          "--preset", "tiny"],
+                         cwd=home, env=outside_env(), capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = local_runner.summarise(local_runner.Layout(str(home / "out")))
+    return {"root": home, "home": home, "data": data, "zoo": zoo, "summary": summary, "out": home / "out",
+            "stdout": run.stdout, "stderr": run.stderr}
+
+
+@pytest.mark.slow
+def test_relative_paths_resolve_against_the_callers_folder(first_run):
+    home = first_run["home"]
+    serving = first_run["out"] / "serving_model"
+    versions = [p for p in serving.iterdir() if (p / "saved_model.pb").is_file()]
+    assert len(versions) == 1, list(serving.iterdir())
+    assert not (REPO / "out").exists()
+    # Every absolute path the run printed is under the caller's folder (no environment path).
+    printed = [w.strip("(),:") for w in first_run["stdout"].split() if w.startswith(("/", "(/"))]
+    assert printed and all(p.startswith(str(home)) for p in printed), printed
+    with open(first_run["summary"]["ingestion_report"], "rb") as f:
+        rejected = [json.loads(line) for line in f]
+    assert rejected and all(r["path"].startswith(str(first_run["data"]) + os.sep) for r in rejected)
+
+
+@pytest.mark.slow
+def test_the_default_console_is_quiet_and_names_the_log(first_run):
+    console = first_run["stdout"] + first_run["stderr"]
+    for noise in ("WARNING", "cuInit", "deprecated", "oneDNN", "I0000", "W0000", "E0000"):
+        assert noise not in console, f"{noise!r} on the console:\n{console[-3000:]}"
+    for name in COMPONENTS:
+        assert f"  {name} ...\n" in console and f"  {name} done in " in console, name
+    assert "Transform done in" in console and "labels in the vocabulary" in console
+    rejected = first_run["summary"]["ingestion"]["rejected"]
+    assert "ImageExampleGen done in" in console and f"{rejected} rejected" in console
+    assert "Pusher done in" in console and "pushed version" in console
+    steps = load_config("tiny").train_steps
+    assert f"] {steps}/{steps} steps  loss " in console   # the Trainer's progress bar, last state
+    log = _named_log(console)
+    assert log.parent == first_run["out"] / "logs" and log.name.startswith("run-")
+    last = console.strip().splitlines()[-2:]
+    assert any(str(log) in line for line in last) and any("report.html" in line for line in last), last
+    # The log file has what the console left out: TFX's INFO records and TensorFlow's notices.
+    text = log.read_text(errors="replace")
+    assert "Component Trainer is running." in text and "WARNING" in text
+
+
+def _named_log(console: str) -> pathlib.Path:
+    [path] = re.findall(r"^Full log: (\S+\.log)$", console, flags=re.M)
+    return pathlib.Path(path)
+
+
+class _Report(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.section_ids, self.images, self.text = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.section_ids.append(attrs.get("id"))
+        if tag == "img":
+            self.images.append(attrs["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.mark.slow
+def test_report_has_every_section_with_the_runs_own_numbers(first_run):
+    page = (first_run["out"] / "report.html").read_text(encoding="utf-8")
+    parsed = _Report()
+    parsed.feed(page)
+    assert parsed.section_ids == list(SECTIONS)
+    text = " ".join(parsed.text)
+    # The Evaluator's mAP, as the run summary printed it, is the report's.
+    summary_map = next(w for w in first_run["stdout"].split() if w.startswith("retrieval_mAP="))
+    assert f"{float(summary_map.split('=')[1].rstrip(',')):.4f}" in text
+    for reason, count in first_run["summary"]["ingestion"]["reasons"].items():
+        assert f"{reason}: {count}" in text, reason   # each reason's heading with its count
+    assert "BLESSED" in text and "serving_default" in text
+    assert "<svg" in page and "epoch_loss" in page          # the training curves
+    assert len(parsed.images) >= 2                          # retrieval grids and attention maps
+    for src in parsed.images:
+        assert src.startswith("data:image/png;base64,")     # self-contained
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:
+            im.load()
+            assert im.width > 100 and im.height > 50
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
+
+
+@pytest.mark.slow
+def test_a_real_browser_renders_the_report(first_run, tmp_path):
+    # Debian's chromium, installed into the environment by the test set-up where missing.
+    subprocess.run([str(DEVENV), "packages", "chromium", "fonts-dejavu-core"], check=True, timeout=900,
+                   capture_output=True)
+    shot = tmp_path / "report.png"
+    run = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2400", f"--screenshot={shot}",
+         (first_run["out"] / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=300)
+    assert shot.is_file(), run.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("L"), np.float32)
+    assert pixels.shape == (2400, 1280)
+    assert pixels.std() > 20                       # not blank
+    assert (pixels < 128).mean() > 0.01            # text and pictures, not just background
+    ink_columns = np.flatnonzero((pixels < 200).any(axis=0))
+    assert ink_columns.min() > 20 and ink_columns.max() < 1260  # laid out inside the window
 
 
 def _numpy_map(embeddings, labels):
@@ -147,24 +269,20 @@ def test_scales_chosen_per_request(first_run):
 
     pushed = first_run["summary"]["pushed_to"]
     jpegs = [p.read_bytes() for p in sorted(first_run["data"].glob("landmark_*/*.jpg"))[:4]]
-    default = Embedder(pushed).embed_bytes(jpegs)  # the tiny preset exports scales (1.0,)
+    embedder = Embedder(pushed)
+    default = embedder.embed_bytes(jpegs)  # the tiny preset exports scales (1.0,)
     np.testing.assert_allclose(Embedder(pushed, scales=[1.0]).embed_bytes(jpegs), default, atol=1e-5)
-    multi = Embedder(pushed, scales=[0.7071, 1.0, 1.4142]).embed_bytes(jpegs)
+    # Other scales on the same loaded model (with_scales) rather than a load each.
+    multi = embedder.with_scales([0.7071, 1.0, 1.4142]).embed_bytes(jpegs)
     np.testing.assert_allclose(np.linalg.norm(multi, axis=1), 1.0, rtol=1e-5)
     assert np.abs(multi - default).max() > 1e-3
     # Averaging per-scale unit descriptors, as multi_scale_embedding does:
-    parts = [Embedder(pushed, scales=[s]).embed_bytes(jpegs) for s in (0.7071, 1.0, 1.4142)]
+    parts = [embedder.with_scales([s]).embed_bytes(jpegs) for s in (0.7071, 1.0, 1.4142)]
     manual = sum(parts)
     np.testing.assert_allclose(multi, manual / np.linalg.norm(manual, axis=1, keepdims=True), atol=1e-5)
-
-
-def test_added_image_reruns_ingestion(first_run):
-    """Runs last: it changes the data folder."""
-    extra = first_run["data"] / "landmark_000" / "added.jpg"
-    extra.write_bytes(next(first_run["data"].glob("landmark_001/*.jpg")).read_bytes())
-    summary = local_runner.run(CONFIG, str(first_run["data"]), str(first_run["root"] / "out"))
-    assert summary["components"]["ImageExampleGen"] == "COMPLETE"
-    assert summary["ingestion"]["emitted_total"] == first_run["summary"]["ingestion"]["emitted_total"] + 1
+    np.testing.assert_array_equal(embedder.embed_bytes(jpegs), default)  # the original keeps its scales
+    with pytest.raises(ValueError, match="scales must be positive"):
+        embedder.with_scales([0.0, 1.0])
 
 
 def test_trainer_takes_exactly_train_steps_steps(first_run):
