@@ -4,8 +4,9 @@ DEVENV := tools/devenv.sh
 PYTEST_ARGS ?=
 # Two test processes (pytest-xdist), whole files to each so a module's shared pipeline run
 # happens once: much of a pipeline run is single-threaded Python, so the second core is idle
-# in a serial run (measured: 34 min for the suite with two, about 47 serially). Files go in
-# collection order, the longest first (tests/conftest.py), not xdist's "most tests first".
+# in a serial run (measured: 26 min for the suite with two; 47 serially before the runs were
+# shared). Files go in collection order, the longest first (tests/conftest.py), not xdist's
+# "most tests first".
 TEST_WORKERS ?= 2
 PREFIX ?= /usr/local
 
