@@ -109,7 +109,8 @@ def _build_index(console, model_dir, images, images_subdir, output, batch_size, 
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="An index written by `dolg-tfx index build`, or one the pipeline pushed "
-                   "(gallery_index/<version>: searched only with that model version).")
+                   "(gallery_index/<version>, searched only with that model version; "
+                   "gallery_index itself means its newest version).")
 @click.option("--model", "model_dir", default=None,
               help="The SavedModel to embed the query with (default: the index's model); a local "
                    "path or any URI TensorFlow opens.")
@@ -124,12 +125,14 @@ def search(image, index_dir, model_dir, k, grid, label, box, exact):
     """Print the gallery images nearest to IMAGE: rank, score, id, label (tab-separated)."""
     import tensorflow as tf
 
+    from components.gallery_index.build import latest_index_dir
     from components.retrieval.embedder import Embedder, crop_to_png, read_file
     from components.retrieval.index import GalleryIndex
     from components.retrieval.model_versions import VersionMismatch, check_index_matches_model
     from components.retrieval.search_grid import infer_query_label, render_grid
     from components.retrieval.serving_contract import resolve_model_dir
 
+    index_dir = latest_index_dir(index_dir)  # a pushed base: its newest version
     try:
         index = GalleryIndex.load(index_dir)
     except (OSError, ValueError) as err:

@@ -41,6 +41,18 @@ def index_version_dir(index_base: str, version) -> str:
     return _join(index_base, str(version))
 
 
+def latest_index_dir(path: str) -> str:
+    """``path`` when it is an index (it has ``meta.json``); for the pushed index base
+    (``gallery_index/``), its newest complete version, the index of the newest pushed model,
+    as ``--model`` takes a serving base and picks its newest version. Anything else comes
+    back unchanged, for the loader to refuse with its own message."""
+    if os.path.isfile(os.path.join(path, META_FILE)) or not os.path.isdir(path):
+        return path
+    versions = [int(name) for name in os.listdir(path)
+                if name.isdigit() and os.path.isfile(os.path.join(path, name, META_FILE))]
+    return os.path.join(path, str(max(versions))) if versions else path
+
+
 def file_key(candidate) -> Optional[str]:
     """A gallery file's fingerprint: path, size and modification time (None when the scan
     already refused it or it cannot be stat'ed: such a file is never taken from the cache)."""

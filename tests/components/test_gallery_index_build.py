@@ -91,3 +91,37 @@ def test_version_check_names_both_versions(tmp_path):
         check_index_matches_model(16, "idx", str(serving / "17"))
     with pytest.raises(VersionMismatch, match="not a version folder"):
         check_index_matches_model(16, "idx", str(tmp_path / "Format-Serving"))
+
+
+def test_search_takes_the_pushed_base_as_its_newest_complete_version(setup, tmp_path):
+    """`search --index gallery_index` (the base the pipeline pushes into) means the newest
+    complete version, as `--model serving_model` does; an index folder is itself; a version
+    whose meta.json is missing (a copy cut short) is never chosen."""
+    from click.testing import CliRunner
+
+    from components.gallery_index.build import latest_index_dir
+    from dolg_tfx.cli import main
+
+    base = tmp_path / "gallery_index"
+    for version in (9, 10):  # 10 after 9 numerically, though "10" < "9" as text
+        GalleryIndex([f"a{version}", "b"], np.eye(2, 4, dtype=np.float32), model_version=version).save(
+            str(base / str(version)))
+    (base / "11").mkdir()  # incomplete: no meta.json
+    (base / "_cache").mkdir()
+    assert latest_index_dir(str(base)) == str(base / "10")
+    assert latest_index_dir(str(base / "9")) == str(base / "9")
+    assert latest_index_dir(str(tmp_path / "none")) == str(tmp_path / "none")
+
+    # Through the CLI, on real pushed pairs (the test above built versions 1 to 3; alone, build 1).
+    root, serving, gallery = setup
+    pushed = root / "gallery_index"
+    if not pushed.exists():
+        _build(root, serving / "1", 1, gallery)
+    newest = latest_index_dir(str(pushed))
+    assert os.path.basename(newest) == str(max(int(p.name) for p in pushed.iterdir() if p.name.isdigit()))
+    index = GalleryIndex.load(newest)
+    query = index.paths[0]  # a gallery image: its nearest neighbour is itself
+    run = CliRunner().invoke(main, ["search", query, "--index", str(pushed), "-k", "2"])
+    assert run.exit_code == 0, run.output
+    hits = [line.split("\t") for line in run.output.splitlines() if line.startswith("1\t")]
+    assert hits and hits[0][2] == index.ids[0], run.output
