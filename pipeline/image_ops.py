@@ -7,7 +7,8 @@ decodes: a refused input never reaches a decoder, so a 200 KB PNG announcing 400
 pixels costs microseconds, not gigabytes. (``tf.debugging`` asserts would not do: in a
 ``tf.function`` nothing orders them before ``decode_image``.) The rules (magic bytes, caps,
 BMP variants, the GIF/WebP walk bounds) come from ``components/image_example_gen/checks.py``,
-which applies the same ones with Pillow at ingestion.
+which applies the same ones with Pillow at ingestion. The probe and the EXIF reading, string
+ops on the bytes, are ``pipeline/image_header.py``; this module decodes and resizes.
 
 - Accepted: JPEG, PNG, GIF (first frame, drawn on its canvas), BMP (uncompressed 24/32-bit)
   and WebP (still or the first frame of an animation; alpha dropped).
@@ -28,318 +29,12 @@ Refused or undecodable bytes raise InvalidArgumentError, whose message says why.
 """
 import tensorflow as tf
 
-from components.image_example_gen import checks as rules
+from pipeline.image_header import MAX_PIXELS, byte_length, header, int_bytes, orientation, probe, read_int
 
-MAX_PIXELS = rules.DEFAULT_MAX_PIXELS
 RESIZE_MODES = ("pad", "squash")
-_JPEG, _PNG, _GIF, _BMP, _WEBP = (rules.FORMATS.index(f) for f in ("jpeg", "png", "gif", "bmp", "webp"))
-_HEAD = 64           # bytes of the file every sniff and header read looks at
-_EXIF_CANDIDATES = 4  # occurrences of the EXIF marker examined (the first valid one wins)
-_IFD_ENTRIES = 64     # IFD0 entries examined for the orientation tag
-_BYTE = [bytes([i]) for i in range(256)]
 
 
-# ------------------------------------------------------------------------------ byte reads
-def _length(data):
-    return tf.cast(tf.strings.length(data), tf.int64)
-
-
-def _read(data, pos, length):
-    """``length`` bytes of ``data`` from ``pos`` as an int64 vector, zero past the end."""
-    pos = tf.clip_by_value(tf.cast(pos, tf.int64), 0, _length(data))
-    length = tf.cast(length, tf.int64)
-    return tf.cast(tf.io.decode_raw(tf.strings.substr(data, pos, length), tf.uint8,
-                                    fixed_length=tf.cast(length, tf.int32)), tf.int64)
-
-
-def _int(data, pos, length, little_endian):
-    raw = _read(data, pos, length)
-    value = tf.constant(0, tf.int64)
-    for i in (range(length - 1, -1, -1) if little_endian else range(length)):
-        value = value * 256 + raw[i]
-    return value
-
-
-def _ints(raw, little_endian):
-    """Unsigned integers from the last axis of a byte tensor."""
-    n = raw.shape[-1]
-    order = range(n - 1, -1, -1) if little_endian else range(n)
-    value = tf.zeros_like(raw[..., 0])
-    for i in order:
-        value = value * 256 + raw[..., i]
-    return value
-
-
-def _bytes_of(value, length):
-    """The ``length``-byte little-endian encoding of an int64 scalar, as a string."""
-    digits = tf.stack([(value // (256 ** i)) % 256 for i in range(length)])
-    return tf.strings.reduce_join(tf.gather(tf.constant(_BYTE), digits))
-
-
-def _has(head, offset, signature):
-    return tf.strings.substr(head, offset, len(signature)) == signature
-
-
-def _sniff(head, table):
-    """Index in ``table`` of the first entry whose magic bytes match ``head``, else -1."""
-    index = tf.constant(-1)
-    for i, (_, alternatives) in reversed(list(enumerate(table))):
-        hit = tf.reduce_any([tf.reduce_all([_has(head, off, sig) for off, sig in alt]) for alt in alternatives])
-        index = tf.where(hit, i, index)
-    return index
-
-
-def _is_svg(data):
-    head = tf.strings.substr(data, 0, rules.SVG_WINDOW)
-    stripped = tf.strings.strip(tf.strings.regex_replace(head, "^\ufeff", ""))  # a UTF-8 byte-order mark
-    markup = tf.strings.substr(stripped, 0, 1) == "<"
-    return tf.logical_and(markup, tf.size(tf.strings.split(head, "<svg", maxsplit=1)) > 1)
-
-
-# ------------------------------------------------------------------------------ the probe
-def _refusal(message):
-    zero = tf.constant(0, tf.int64)
-    return tf.constant(False), tf.constant(message) if isinstance(message, str) else message, zero, zero, zero, zero
-
-
-def _ok(width, height, a=0, b=0):
-    return (tf.constant(True), tf.constant(""), tf.cast(width, tf.int64), tf.cast(height, tf.int64),
-            tf.cast(a, tf.int64), tf.cast(b, tf.int64))
-
-
-def _probe_jpeg(data, head):
-    shape = tf.io.extract_jpeg_shape(data, output_type=tf.int64)  # libjpeg's header read, no pixels
-    return _ok(shape[1], shape[0])
-
-
-def _probe_png(data, head):
-    return tf.cond(_has(head, 12, b"IHDR"),
-                   lambda: _ok(_int(data, 16, 4, False), _int(data, 20, 4, False)),
-                   lambda: _refusal("PNG: first chunk is not IHDR"))
-
-
-def _probe_bmp(data, head):
-    dib = _int(data, 14, 4, True)
-    width, height = _int(data, 18, 4, True), _int(data, 22, 4, True)
-    width = tf.where(width >= 2 ** 31, width - 2 ** 32, width)
-    height = tf.abs(tf.where(height >= 2 ** 31, height - 2 ** 32, height))  # < 0: top-down rows
-    bits, compression = _int(data, 28, 2, True), _int(data, 30, 4, True)
-    supported = tf.logical_and(tf.reduce_any(tf.equal(bits, rules.BMP_BITS)), compression == 0)
-    return tf.case([
-        (dib < rules.BMP_MIN_INFO_HEADER, lambda: _refusal(tf.strings.format(
-            "BMP with a {}-byte info header (OS/2) is not supported: convert to PNG", dib))),
-        (tf.logical_not(supported), lambda: _refusal(tf.strings.format(
-            "BMP with {} bits per pixel, compression {} is not supported (only uncompressed 24/32-bit): "
-            "convert to PNG", (bits, compression))))],
-        default=lambda: _ok(width, height), exclusive=False)
-
-
-def _gif_walk(data):
-    """checks.gif_first_frame in graph ops: (state, end, x, y, w, h, descriptor offset); state 3 = found."""
-    n = _length(data)
-    flags = _int(data, 10, 1, True)
-    start = 13 + tf.where(flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), 0)
-    top, ext, img, done, fail = 0, 1, 2, 3, 4
-
-    def step(state, pos, x, y, w, h, desc_at):
-        def at_top():
-            block = _int(data, pos, 1, True)
-            desc = _read(data, pos + 1, 9)
-            xywh = [desc[0] + 256 * desc[1], desc[2] + 256 * desc[3], desc[4] + 256 * desc[5],
-                    desc[6] + 256 * desc[7]]
-            table = tf.where(desc[8] >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), desc[8] % 8), 0)
-            return tf.case([
-                (block == 0x21, lambda: (tf.constant(ext, tf.int64), pos + 2, x, y, w, h, desc_at)),
-                (tf.logical_and(block == 0x2C, pos + 10 <= n),
-                 lambda: (tf.constant(img, tf.int64), pos + 11 + table, *xywh, pos))],
-                default=lambda: (tf.constant(fail, tf.int64), pos, x, y, w, h, desc_at), exclusive=False)
-
-        def in_chain():
-            length = _int(data, pos, 1, True)
-            window = _read(data, pos, (length + 1) * rules.GIF_MAX_RUN)
-            heads = tf.strided_slice(window, [0], [tf.size(window, out_type=tf.int64)], [length + 1])
-            within = pos + tf.range(tf.size(heads, out_type=tf.int64)) * (length + 1) < n
-            same = tf.cast(tf.logical_and(tf.equal(heads, length), within), tf.int64)
-            run = tf.maximum(tf.reduce_sum(tf.math.cumprod(same)), 1)
-            after_end = tf.where(state == img, tf.constant(done, tf.int64), tf.constant(top, tf.int64))
-            return tf.cond(length == 0, lambda: (after_end, pos + 1, x, y, w, h, desc_at),
-                           lambda: (state, pos + run * (length + 1), x, y, w, h, desc_at))
-
-        return tf.cond(pos >= n, lambda: (tf.constant(fail, tf.int64), pos, x, y, w, h, desc_at),
-                       lambda: tf.cond(state == top, at_top, in_chain))
-
-    zero = tf.constant(0, tf.int64)
-    return tf.while_loop(lambda state, *_: state < done, step,
-                         (tf.constant(top, tf.int64), start, zero, zero, zero, zero, zero),
-                         maximum_iterations=rules.GIF_MAX_STEPS)
-
-
-def _probe_gif(data, head):
-    state, end, x, y, w, h, desc_at = _gif_walk(data)
-    found = tf.logical_and(tf.logical_and(state == 3, end <= _length(data)), w * h > 0)
-    screen_w, screen_h = _int(data, 6, 2, True), _int(data, 8, 2, True)
-    return tf.cond(found,
-                   lambda: _ok(tf.maximum(screen_w, x + w), tf.maximum(screen_h, y + h), end, desc_at),
-                   lambda: _refusal("GIF: no complete first frame (truncated, unknown block, or data "
-                                    f"split into irregular sub-blocks: more than {rules.GIF_MAX_STEPS} steps)"))
-
-
-def _first_anmf(data):
-    """Offset of the first ANMF chunk after VP8X (checks.webp_info's walk), or -1."""
-    n = _length(data)
-
-    def step(pos, found):
-        fourcc = tf.strings.substr(data, tf.minimum(pos, n), 4)
-        hit = tf.logical_and(fourcc == b"ANMF", pos + 8 <= n)
-        size = _int(data, pos + 4, 4, True)
-        return tf.where(hit, pos, pos + 8 + size + size % 2), tf.where(hit, pos, found)
-
-    _, found = tf.while_loop(lambda pos, found: tf.logical_and(found < 0, pos + 8 <= n), step,
-                             (tf.constant(30, tf.int64), tf.constant(-1, tf.int64)),
-                             maximum_iterations=rules.WEBP_MAX_CHUNKS)
-    return found
-
-
-def _probe_webp(data, head):
-    def vp8():
-        return tf.cond(_has(head, 23, b"\x9d\x01\x2a"),
-                       lambda: _ok(_int(data, 26, 2, True) % 16384, _int(data, 28, 2, True) % 16384, -1),
-                       lambda: _refusal("WebP: VP8 frame without its start code"))
-
-    def vp8l():
-        bits = _int(data, 21, 4, True)
-        return tf.cond(_int(data, 20, 1, True) == 0x2F,
-                       lambda: _ok(bits % 16384 + 1, (bits // 16384) % 16384 + 1, -1),
-                       lambda: _refusal("WebP: VP8L bitstream without its signature"))
-
-    def vp8x():
-        width, height = _int(data, 24, 3, True) + 1, _int(data, 27, 3, True) + 1
-        animated = tf.bitwise.bitwise_and(_int(data, 20, 1, True), 2) > 0
-        anmf = tf.cond(animated, lambda: _first_anmf(data), lambda: tf.constant(-1, tf.int64))
-        return tf.cond(tf.logical_and(animated, anmf < 0),
-                       lambda: _refusal(f"WebP: animation without a frame in its first {rules.WEBP_MAX_CHUNKS} chunks"),
-                       lambda: _ok(width, height, anmf))
-
-    chunk = tf.strings.substr(head, 12, 4)
-    return tf.case([(tf.strings.length(data) < 30, lambda: _refusal("WebP: header cut short")),
-                    (chunk == b"VP8 ", vp8), (chunk == b"VP8L", vp8l), (chunk == b"VP8X", vp8x)],
-                   default=lambda: _refusal("WebP: first chunk is not VP8, VP8L or VP8X"), exclusive=False)
-
-
-def _probe_other(data, head):
-    refused = _sniff(head, rules.REFUSED_MAGIC)
-    names = tf.constant([rules.UNSUPPORTED.format(name) for name, _ in rules.REFUSED_MAGIC]
-                        + [rules.UNSUPPORTED.format("SVG"), rules.NOT_AN_IMAGE])
-    index = tf.where(refused >= 0, refused,
-                     tf.where(_is_svg(data), len(rules.REFUSED_MAGIC), len(rules.REFUSED_MAGIC) + 1))
-    return _refusal(tf.gather(names, index))
-
-
-def _header(data):
-    """(ok, message, format index, width, height, aux, aux2) from the header alone, no cap."""
-    data = tf.convert_to_tensor(data, tf.string)
-    head = tf.strings.join([tf.strings.substr(data, 0, _HEAD), b"\0" * _HEAD])  # fixed reads never fail
-    fmt = _sniff(head, rules.MAGIC)
-    branches = [_probe_jpeg, _probe_png, _probe_gif, _probe_bmp, _probe_webp, _probe_other]
-    ok, message, width, height, aux, aux2 = tf.switch_case(
-        tf.where(fmt >= 0, fmt, len(branches) - 1),
-        [lambda f=f: f(data, head) for f in branches])
-    sized = tf.minimum(width, height) > 0
-    message = tf.where(tf.logical_and(ok, tf.logical_not(sized)),
-                       tf.strings.format("header says {}x{}", (width, height)), message)
-    empty = tf.strings.length(data) == 0
-    return (ok & sized & tf.logical_not(empty), tf.where(empty, "empty image bytes", message),
-            fmt, width, height, aux, aux2)
-
-
-def probe(data, max_pixels=MAX_PIXELS):
-    """What the header says, without decoding: (ok, message, format index, width, height, aux, aux2).
-
-    ``ok`` is False for empty, unknown, refused, malformed or over-the-cap input, with
-    ``message`` saying why. Width and height are the STORED ones (canvas for GIF and animated
-    WebP). ``aux`` is the end of a GIF's first frame or the offset of an animated WebP's first
-    ANMF chunk (-1 for a still); ``aux2`` is the offset of a GIF's first image descriptor.
-    """
-    ok, message, fmt, width, height, aux, aux2 = _header(data)
-    # width * height > max_pixels, without the product (two 32-bit PNG sides overflow int64).
-    over = tf.logical_and(ok, width > max_pixels // tf.maximum(height, 1))
-    message = tf.where(over, tf.strings.format("image is {}x{} pixels, over the pixel cap of {}",
-                                               (width, height, max_pixels)), message)
-    return tf.logical_and(ok, tf.logical_not(over)), message, fmt, width, height, aux, aux2
-
-
-def header_size(data):
-    """(width, height) stored in the header (the order of checks.header_size and Pillow's
-    ``size``), -1 for bytes the decoder refuses whatever their size. A JPEG whose header
-    libjpeg cannot read raises InvalidArgumentError instead."""
-    ok, _, _, width, height, _, _ = _header(data)
-    return tf.where(ok, width, -1), tf.where(ok, height, -1)
-
-
-# ------------------------------------------------------------------------------ EXIF
-def _tiff_orientation(data, tiff, end):
-    """The orientation tag of the TIFF structure at ``tiff`` (ending at ``end``), 1 if absent/broken."""
-    order = tf.strings.substr(data, tf.clip_by_value(tiff, 0, _length(data)), 4)
-    little, big = order == b"II*\x00", order == b"MM\x00*"
-
-    def parse(le):
-        ifd = tiff + _int(data, tiff + 4, 4, le)
-        count = _int(data, ifd, 2, le)
-        entries = tf.reshape(_read(data, ifd + 2, 12 * _IFD_ENTRIES), [_IFD_ENTRIES, 12])
-        tag, kind, n = _ints(entries[:, 0:2], le), _ints(entries[:, 2:4], le), _ints(entries[:, 4:8], le)
-        value = tf.where(kind == 3, _ints(entries[:, 8:10], le), _ints(entries[:, 8:12], le))
-        # Pillow's reading: a SHORT with its value(s) inline (count 1 or 2: the first), or one LONG.
-        hit = (tf.range(_IFD_ENTRIES, dtype=tf.int64) < count) & (tag == 0x0112) & (
-            ((kind == 3) & (n >= 1) & (n <= 2)) | ((kind == 4) & (n == 1)))
-        first = tf.argmax(tf.cast(hit, tf.int32), output_type=tf.int64)
-        fits = tf.logical_and(tf.logical_and(ifd >= tiff + 8, ifd + 2 + 12 * count <= end), tf.reduce_any(hit))
-        v = tf.where(fits, value[first], 1)
-        return tf.where((v >= 1) & (v <= 8), v, 1)
-
-    return tf.case([(little, lambda: parse(True)), (big, lambda: parse(False))],
-                   default=lambda: tf.constant(1, tf.int64), exclusive=True)
-
-
-def _exif_block(data, fmt):
-    """(start of the TIFF structure, its end, found) of the first valid EXIF block."""
-    n = _length(data)
-    marker = {_JPEG: b"Exif\x00\x00", _PNG: b"eXIf", _WEBP: b"EXIF"}
-    sep = tf.gather(tf.constant([marker.get(i, b"\x00") for i in range(len(rules.FORMATS))]), fmt)
-    pieces = tf.strings.split(data, sep, maxsplit=_EXIF_CANDIDATES)
-    lengths = tf.cast(tf.strings.length(pieces[:-1]), tf.int64)
-    positions = tf.math.cumsum(lengths) + tf.range(tf.size(lengths, out_type=tf.int64)) * tf.cast(
-        tf.strings.length(sep), tf.int64)
-    positions = tf.concat([positions, tf.fill([_EXIF_CANDIDATES], tf.constant(-1, tf.int64))], 0)
-    zero, no = tf.constant(0, tf.int64), tf.constant(False)
-    best = (zero, zero, no)
-    for i in reversed(range(_EXIF_CANDIDATES)):  # where each candidate's TIFF structure would be
-        p = positions[i]
-        jpeg_len, png_len, webp_len = _int(data, p - 2, 2, False), _int(data, p - 4, 4, False), _int(data, p + 4, 4, True)
-        jpeg = (p >= 6) & (_int(data, p - 4, 2, False) == 0xFFE1) & (jpeg_len >= 8)  # APP1 "Exif\0\0"
-        png = p >= 12                                                                # eXIf chunk
-        webp = (p >= 30) & (tf.strings.substr(data, 12, 4) == b"VP8X")              # EXIF chunk
-        prefixed = tf.strings.substr(data, tf.clip_by_value(p + 8, zero, n), 6) == b"Exif\x00\x00"
-        webp_start = p + 8 + tf.where(prefixed, tf.constant(6, tf.int64), zero)
-        start = tf.gather(tf.stack([p + 6, p + 4, zero, zero, webp_start]), fmt)
-        end = tf.gather(tf.stack([p - 2 + jpeg_len, p + 4 + png_len, zero, zero, p + 8 + webp_len]), fmt)
-        valid = tf.gather(tf.stack([jpeg, png, no, no, webp]), fmt)
-        valid = valid & (p >= 0) & (end <= n) & (start + 8 <= end)
-        best = tuple(tf.where(valid, x, y) for x, y in zip((start, end, valid), best))
-    return best
-
-
-def orientation(data, fmt):
-    """EXIF orientation 1-8 of an encoded image in format ``fmt`` (a ``rules.FORMATS`` index);
-    1 when there is no EXIF block, no tag, or anything inconsistent."""
-    if_exif = tf.reduce_any(tf.equal(fmt, [_JPEG, _PNG, _WEBP]))
-
-    def read():
-        tiff, end, found = _exif_block(data, fmt)
-        return tf.cond(found, lambda: _tiff_orientation(data, tiff, end), lambda: tf.constant(1, tf.int64))
-
-    return tf.cond(if_exif, read, lambda: tf.constant(1, tf.int64))
-
-
+# ------------------------------------------------------------------------------ orientation
 def apply_orientation(image, value):
     """Turns a stored (H, W, C) image upright for EXIF orientation ``value`` (1-8), as Pillow's
     ``ImageOps.exif_transpose`` does."""
@@ -365,7 +60,7 @@ def _decode_gif(data, width, height, end, desc_at):
     (TensorFlow's decoder would shift the frame inside a frame-sized canvas), then drawn on
     the canvas here."""
     zero = tf.constant(0, tf.int64)
-    x, y = _int(data, desc_at + 1, 2, True), _int(data, desc_at + 3, 2, True)
+    x, y = read_int(data, desc_at + 1, 2, True), read_int(data, desc_at + 3, 2, True)
     first = tf.strings.join([tf.strings.substr(data, zero, desc_at + 1), b"\0\0\0\0",
                              tf.strings.substr(data, desc_at + 5, end - desc_at - 5), b";"])
     return _on_canvas(tf.io.decode_gif(first)[0], x, y, width, height)
@@ -383,23 +78,23 @@ def _decode_webp(data, width, height, anmf):
         return _webp_pixels(data)
 
     def first_frame():
-        size = _int(data, anmf + 4, 4, True)
-        x, y = 2 * _int(data, anmf + 8, 3, True), 2 * _int(data, anmf + 11, 3, True)
-        w, h = _int(data, anmf + 14, 3, True) + 1, _int(data, anmf + 17, 3, True) + 1
-        body = tf.strings.substr(data, tf.minimum(anmf + 24, _length(data)), tf.maximum(size - 16, 0))
+        size = read_int(data, anmf + 4, 4, True)
+        x, y = 2 * read_int(data, anmf + 8, 3, True), 2 * read_int(data, anmf + 11, 3, True)
+        w, h = read_int(data, anmf + 14, 3, True) + 1, read_int(data, anmf + 17, 3, True) + 1
+        body = tf.strings.substr(data, tf.minimum(anmf + 24, byte_length(data)), tf.maximum(size - 16, 0))
         has_alpha = tf.strings.substr(body, 0, 4) == b"ALPH"
-        alpha_size = _int(body, 4, 4, True)
+        alpha_size = read_int(body, 4, 4, True)
         bitstream = tf.strings.substr(body, tf.where(has_alpha, tf.minimum(8 + alpha_size + alpha_size % 2,
-                                                                          _length(body)), 0), 4)
+                                                                          byte_length(body)), 0), 4)
         # Frame data is [ALPH] VP8 or VP8L, nothing else: never hand the decoder a nested animation.
         valid = tf.logical_or(tf.logical_and(has_alpha, bitstream == b"VP8 "),
                               tf.logical_and(tf.logical_not(has_alpha),
                                              tf.logical_or(bitstream == b"VP8 ", bitstream == b"VP8L")))
         check = tf.debugging.Assert(valid, ["WebP: the first animation frame is not ALPH+VP8, VP8 or VP8L"])
-        vp8x = tf.strings.join([b"VP8X", _bytes_of(tf.constant(10, tf.int64), 4), b"\x10\0\0\0",
-                                _bytes_of(w - 1, 3), _bytes_of(h - 1, 3)])
+        vp8x = tf.strings.join([b"VP8X", int_bytes(tf.constant(10, tf.int64), 4), b"\x10\0\0\0",
+                                int_bytes(w - 1, 3), int_bytes(h - 1, 3)])
         chunks = tf.where(has_alpha, tf.strings.join([vp8x, body]), body)
-        riff = tf.strings.join([b"RIFF", _bytes_of(tf.cast(tf.strings.length(chunks), tf.int64) + 4, 4),
+        riff = tf.strings.join([b"RIFF", int_bytes(tf.cast(tf.strings.length(chunks), tf.int64) + 4, 4),
                                 b"WEBP", chunks])
         with tf.control_dependencies([check]):
             riff = tf.identity(riff)
@@ -442,7 +137,7 @@ def decode_rgb(data, max_pixels=MAX_PIXELS):
 
 def upright_size(data):
     """(width, height) of the decoded, upright image (header dims, swapped for EXIF 5-8)."""
-    ok, _, fmt, width, height, _, _ = _header(data)
+    ok, _, fmt, width, height, _, _ = header(data)
     swap = orientation(data, tf.maximum(fmt, 0)) >= 5
     return tf.where(swap, height, width), tf.where(swap, width, height)
 

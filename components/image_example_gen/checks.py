@@ -306,7 +306,7 @@ def _bmp_size(data: bytes) -> tuple[int, int]:
 def header_size(fmt: str, data: bytes) -> tuple[int, int]:
     """(width, height) stored in the header of ``data`` in format ``fmt``, without decoding pixels.
 
-    The same order as ``pipeline.image_ops.header_size`` and Pillow's ``Image.size``. For a GIF
+    The same order as ``pipeline.image_header.header_size`` and Pillow's ``Image.size``. For a GIF
     or an animated WebP, the canvas the first frame is drawn on.
 
     Args:

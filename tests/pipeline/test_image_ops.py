@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 
 from components.image_example_gen import checks
 from conftest import REPO, load_fixture
-from pipeline import image_ops
+from pipeline import image_header, image_ops
 
 bad_images = load_fixture("bad_images")
 refusal_probe = load_fixture("refusal_probe")
@@ -173,7 +173,7 @@ def test_header_size_matches_pillow_over_the_corpus(corpus):
     for name, data in corpus.items():
         fmt = checks.sniff_format(data)
         try:
-            width, height = (int(v) for v in image_ops.header_size(tf.constant(data)))
+            width, height = (int(v) for v in image_header.header_size(tf.constant(data)))
         except tf.errors.InvalidArgumentError:  # libjpeg reads up to the scan; a file cut before it fails
             assert fmt == "jpeg" and not _graph(data)[0], name
             continue
@@ -305,7 +305,7 @@ def test_upright_size_swaps_for_orientations_5_to_8(corpus):
     for value in range(1, 9):
         width, height = (int(v) for v in image_ops.upright_size(tf.constant(corpus[f"orientation{value}.png"])))
         assert (width, height) == (48, 32), value
-        assert tuple(int(v) for v in image_ops.header_size(tf.constant(corpus[f"orientation{value}.png"]))) == (
+        assert tuple(int(v) for v in image_header.header_size(tf.constant(corpus[f"orientation{value}.png"]))) == (
             (32, 48) if value >= 5 else (48, 32))
 
 
