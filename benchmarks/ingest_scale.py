@@ -136,7 +136,7 @@ def run(sizes, only=tuple(MEASUREMENTS)):
         for key in ["bare"] + [k for k in MEASUREMENTS if k in only and k != "bare"]:
             name, mode, source = MEASUREMENTS[key]
             base = csv_path if source == "csv" else os.path.join(root, "tree")
-            out = os.path.join(root, "out-" + mode + ("-csv" if base.endswith(".csv") else "-tree"))
+            out = os.path.join(root, "out-" + key)
             subprocess.run(["rm", "-rf", out], check=True)
             r = measure(mode, base, out)
             assert r["n"] == n, (name, r)  # every file accepted: the same work for each

@@ -48,9 +48,10 @@ def latest_index_dir(path: str) -> str:
     back unchanged, for the loader to refuse with its own message."""
     if os.path.isfile(os.path.join(path, META_FILE)) or not os.path.isdir(path):
         return path
-    versions = [int(name) for name in os.listdir(path)
-                if name.isdigit() and os.path.isfile(os.path.join(path, name, META_FILE))]
-    return os.path.join(path, str(max(versions))) if versions else path
+    from components.retrieval.model_versions import version_dirs  # oldest first, by number
+
+    complete = [v for v in version_dirs(path) if os.path.isfile(os.path.join(v, META_FILE))]
+    return complete[-1] if complete else path
 
 
 def file_key(candidate) -> Optional[str]:

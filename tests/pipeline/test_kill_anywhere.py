@@ -5,9 +5,10 @@ One chain shares the data, the output folder and every finished component (a ful
 component would cost five pipelines): run 1 is killed during ImageExampleGen, run 2 (the same
 command) during Transform, run 3 during the Trainer, run 4 during the Evaluator, run 5 during
 the Pusher, and run 6 must finish. The Trainer is killed after its first epoch-end backup, so
-run 4 also shows a killed Trainer resuming from that backup rather than from step 0. Each test below is one link and proves, from ML Metadata,
-that its component was executing when the kill landed and that the components an earlier run
-had finished were reused from the cache; asking for a later link runs the earlier ones first.
+run 4 also shows a killed Trainer resuming from that backup rather than from step 0. Each test
+below is one link and proves, from ML Metadata, that its component was executing when the kill
+landed and that the components an earlier run had finished were reused from the cache; asking
+for a later link runs the earlier ones first.
 
 Kill points: a component is "executing" once ML Metadata records its execution as RUNNING in
 the current run (polled read-only); the Pusher runs too briefly for that, so it is killed the
