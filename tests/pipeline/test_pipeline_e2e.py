@@ -46,7 +46,7 @@ def first_run(tmp_path_factory):
                          cwd=home, env=outside_env(), capture_output=True, text=True, timeout=1500)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     summary = local_runner.summarise(local_runner.Layout(str(home / "out")))
-    return {"root": home, "home": home, "data": data, "zoo": zoo, "summary": summary, "out": home / "out",
+    return {"home": home, "data": data, "zoo": zoo, "summary": summary, "out": home / "out",
             "stdout": run.stdout, "stderr": run.stderr}
 
 
@@ -187,7 +187,7 @@ def test_blessed_model_is_pushed_in_serving_layout(first_run):
     assert summary["blessed"] is True
     pushed = pathlib.Path(summary["pushed_to"])
     assert pushed.name.isdigit() and (pushed / "saved_model.pb").exists()
-    assert pushed.parent == first_run["root"] / "out" / "serving_model"
+    assert pushed.parent == first_run["out"] / "serving_model"
 
 
 def test_serving_default_embeds_real_jpeg_bytes(first_run):
@@ -222,7 +222,7 @@ def test_a_stricter_threshold_reuses_the_cache_and_pushes_nothing(first_run):
     """One rerun for two claims: unchanged inputs are reused from the cache (thresholds do not
     retrain), and an impossible threshold is not blessed and pushes nothing. (The kill chain's
     last run shows an unchanged rerun being blessed again.)"""
-    out = first_run["root"] / "out"
+    out = first_run["out"]
     before = sorted(os.listdir(out / "serving_model"))
     summary = local_runner.run(CONFIG.replace(min_map=1.01), str(first_run["data"]), str(out))
     states = summary["components"]
@@ -290,7 +290,7 @@ def test_trainer_takes_exactly_train_steps_steps(first_run):
     from pipeline.trainer import PROGRESS_FILE
 
     assert CONFIG.train_steps % CONFIG.steps_per_epoch != 0
-    runs = sorted((first_run["root"] / "out" / "pipeline" / "Trainer" / "model_run").glob(f"*/{PROGRESS_FILE}"),
+    runs = sorted((first_run["out"] / "pipeline" / "Trainer" / "model_run").glob(f"*/{PROGRESS_FILE}"),
                   key=lambda p: int(p.parent.name))
     progress = json.loads(runs[0].read_text())
     assert progress["initial_step"] == 0 and progress["step"] == CONFIG.train_steps, progress
