@@ -15,11 +15,13 @@ million):
     input_base --ListCandidates (listing.py: workers list label folders / manifest byte ranges)
       --Inspect (ParDo)--> accepted (label, example, format, orientation)
                         \\-> rejected {path, image_id, label, reason, detail}
+    accepted --Partition by the label's hash--> train, eval --> TFRecords (streamed: no
+              step waits for all examples, so no runner buffers their bytes)
     accepted labels --Distinct--> LabelTally (a constant-size combiner) --> SplitRule (one
                                   small element: the salt, the threshold, the guard's move)
-    accepted --Partition(side input SplitRule)--> train, eval --> TFRecords
-    rejected --WriteToText (sharded)--> merged into rejected.jsonl, then summary.json from
-                  counts only (files seen, reasons, per-split stats, labels per split)
+    rejected --WriteToText (sharded)--> merged into rejected.jsonl
+    once the TFRecords are final: the guard's move, if any (guard_move.py), then
+              summary.json from counts only (files seen, reasons, per-split stats, labels)
 
 Every decision depends on one file's bytes, one manifest row's id group, or the SET of
 accepted labels, never on bundle boundaries or element order, so the set of examples in
@@ -42,7 +44,7 @@ from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
-from components.image_example_gen import checks, inputs, listing, splits
+from components.image_example_gen import checks, guard_move, inputs, listing, splits
 from components.image_example_gen import features as F
 from components.image_example_gen import spec as s
 
@@ -163,9 +165,9 @@ class _CountReasons(beam.CombineFn):
         return acc
 
 
-def _split_index(element, num_partitions: int, rule: splits.SplitRule) -> int:
+def _split_index(element, num_partitions: int, salt: str, threshold: int) -> int:
     del num_partitions
-    return inputs.SPLITS.index(rule.split_of(element[0]))
+    return inputs.SPLITS.index(splits.hash_split(element[0], salt, threshold))
 
 
 def _merge_shards(shards: list[str], target: str) -> None:
@@ -184,9 +186,17 @@ def _merge_shards(shards: list[str], target: str) -> None:
         fileio.remove(shard)
 
 
-def _write_report(_, report_uri: str, header: dict[str, Any], files_seen: int, reasons: dict[str, int],
-                  rule: splits.SplitRule, stats: dict[str, dict], shards: list[str]) -> None:
-    """Writes rejected.jsonl (from the shards) and summary.json (from counts); runs once."""
+def _finish(_, examples_uri: str, report_uri: str, header: dict[str, Any], files_seen: int,
+            reasons: dict[str, int], rule: splits.SplitRule, stats: dict[str, dict], shards: list[str],
+            written: list[str]) -> None:
+    """Runs once, after the TFRecords are final (``written``): applies the guard's move, then
+    writes rejected.jsonl (from the shards) and summary.json (from counts)."""
+    del written  # a side input only to run after the writes
+    emitted = {split: stats[split]["examples"] for split in inputs.SPLITS}
+    if rule.moved is not None:
+        n = guard_move.move_label(examples_uri, rule.moved, rule.moved_from(), rule.moved_to, _TFRECORD_PREFIX)
+        emitted[rule.moved_from()] -= n
+        emitted[rule.moved_to] += n
     _merge_shards(shards, os.path.join(report_uri, s.REJECTED_FILE))
     if fileio.exists(os.path.join(report_uri, _SHARD_DIR)):
         fileio.rmtree(os.path.join(report_uri, _SHARD_DIR))
@@ -194,7 +204,6 @@ def _write_report(_, report_uri: str, header: dict[str, Any], files_seen: int, r
     for st in stats.values():
         for k, v in st["formats"].items():
             formats[k] = formats.get(k, 0) + v
-    emitted = {split: stats[split]["examples"] for split in inputs.SPLITS}
     summary = dict(header, files_seen=files_seen,
                    emitted=emitted, emitted_total=sum(emitted.values()),
                    labels=rule.label_counts(), rejected=sum(reasons.values()),
@@ -232,17 +241,17 @@ def build_ingestion(p: beam.Pipeline, input_base: str, images_subdir: Optional[s
             | "DistinctLabels" >> beam.Distinct()
             | "TallyLabels" >> beam.CombineGlobally(_TallyLabels(salt, threshold))
             | "SplitRule" >> beam.Map(splits.SplitRule.from_tally, salt, threshold))
-    parts = accepted | "SplitByLabel" >> beam.Partition(
-        _split_index, len(inputs.SPLITS), beam.pvalue.AsSingleton(rule))
-    stats = []
+    # No side input and no shuffle on the examples' way to their files: either would make
+    # the runner hold every example until the last file is read (the DirectRunner holds it
+    # in this process). Files are already spread by ListCandidates' Reshuffle of candidates.
+    parts = accepted | "SplitByLabel" >> beam.Partition(_split_index, len(inputs.SPLITS), salt, threshold)
+    stats, written = [], []
     for split, part in zip(inputs.SPLITS, parts):
-        _ = (part
-             | f"Serialized[{split}]" >> beam.Map(lambda a: a[1])
-             # Like TFX's WriteSplit: files are listed label by label, and a reader's
-             # shuffle buffer should not see one label at a time.
-             | f"Shuffle[{split}]" >> beam.Reshuffle()
-             | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-                 os.path.join(examples_uri, f"Split-{split}", _TFRECORD_PREFIX), file_name_suffix=".gz"))
+        written.append(part
+                       | f"Serialized[{split}]" >> beam.Map(lambda a: a[1])
+                       | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                           os.path.join(guard_move.split_dir(examples_uri, split), _TFRECORD_PREFIX),
+                           file_name_suffix=".gz"))
         stats.append(part
                      | f"Stats[{split}]" >> beam.CombineGlobally(_SplitStats())
                      | f"KeyStats[{split}]" >> beam.Map(lambda v, k=split: (k, v)))
@@ -253,13 +262,14 @@ def build_ingestion(p: beam.Pipeline, input_base: str, images_subdir: Optional[s
     _ = (
         p
         | "ReportTrigger" >> beam.Create([None])
-        | "WriteReport" >> beam.Map(
-            _write_report, report_uri, header,
+        | "Finish" >> beam.Map(
+            _finish, examples_uri, report_uri, header,
             files_seen=beam.pvalue.AsSingleton(candidates | "FilesSeen" >> beam.combiners.Count.Globally()),
             reasons=beam.pvalue.AsSingleton(rejected | "Reasons" >> beam.CombineGlobally(_CountReasons())),
             rule=beam.pvalue.AsSingleton(rule),
             stats=beam.pvalue.AsDict(tuple(stats) | "StatsBySplit" >> beam.Flatten()),
-            shards=beam.pvalue.AsList(shards)))
+            shards=beam.pvalue.AsList(shards),
+            written=beam.pvalue.AsList(tuple(written) | "Written" >> beam.Flatten())))
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -33,6 +33,15 @@ def eval_threshold(eval_fraction: float) -> int:
     return round(eval_fraction * HASH_BUCKETS)
 
 
+def hash_split(label: str, salt: str, threshold: int) -> str:
+    """The label's side by its hash alone: ``EVAL`` when its bucket is below ``threshold``.
+
+    Every label but the guard's one exception ends up here (``SplitRule.split_of``), so
+    ingestion writes each example to this side as it goes and moves one label afterwards
+    if the guard asks for it (``guard_move``)."""
+    return EVAL if label_bucket(label, salt) < threshold else TRAIN
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelTally:
     """What the guard needs to know about a set of DISTINCT labels, in constant space.
@@ -95,7 +104,11 @@ class SplitRule:
     def split_of(self, label: str) -> str:
         if label == self.moved:
             return self.moved_to
-        return EVAL if label_bucket(label, self.salt) < self.threshold else TRAIN
+        return hash_split(label, self.salt, self.threshold)
+
+    def moved_from(self) -> Optional[str]:
+        """The side the guard's label hashed to (where ingestion first wrote it), or None."""
+        return None if self.moved is None else hash_split(self.moved, self.salt, self.threshold)
 
     def label_counts(self) -> dict[str, int]:
         return dict(zip(SPLITS, self.labels))

@@ -282,16 +282,25 @@ def test_split_on_40_labels_is_disjoint_deterministic_and_roughly_proportional(l
     print(f"40-label run: {first['seconds']:.1f} s in memory, {second['seconds']:.1f} s threaded")
 
 
-def test_two_label_dataset_gets_both_splits(tmp_path):
+@pytest.mark.parametrize("n_labels,hashed_to,want", [
+    (2, "train", (1, 1)),  # every label hashed to train: the lowest moves to eval
+    (3, "eval", (1, 2)),   # every label hashed to eval: the highest moves to train
+    (1, "eval", (1, 0)),   # one label, hashed to eval: it goes to train
+])
+def test_small_data_guard_moves_one_whole_label(tmp_path, n_labels, hashed_to, want):
+    # Ingestion writes each example to its label's hash side and moves the guard's label
+    # afterwards (guard_move): the files, the summary and the rule must agree on the result.
     root = tmp_path / "data"
-    info = demo_data.generate_landmarks(root, n_landmarks=2, views_per_landmark=2, size=32, seed=1)
-    # A salt for which the plain hash rule would put BOTH labels in train: the guard must act.
-    salt = next(f"s{i}" for i in range(10000)
-                if all(label_bucket(lab, f"s{i}") >= 200 for lab in info["labels"]))
+    info = demo_data.generate_landmarks(root, n_landmarks=n_labels, views_per_landmark=2, size=32, seed=1)
+    on_side = (lambda b: b >= 200) if hashed_to == "train" else (lambda b: b < 200)
+    salt = next(f"s{i}" for i in range(10000) if all(on_side(label_bucket(lab, f"s{i}")) for lab in info["labels"]))
     result = _run(root, tmp_path / "out", split_salt=salt)
     train, eval_ = _labels(result, "train"), _labels(result, "eval")
-    assert len(train) == len(eval_) == 1 and not train & eval_
-    _assert_invariant(result, 4)
+    assert (len(train), len(eval_)) == want and not train & eval_
+    assert result["summary"]["labels"] == dict(zip(("train", "eval"), want))
+    assert {lab: "train" for lab in train} | {lab: "eval" for lab in eval_} == assign_splits(info["labels"], 0.2, salt)
+    _assert_invariant(result, 2 * n_labels)
+    assert not (tmp_path / "out" / "examples" / "_guard_move").exists()
 
 
 # --------------------------------------------------------------------------- CSV manifests
