@@ -243,7 +243,7 @@ def build_ingestion(p: beam.Pipeline, input_base: str, images_subdir: Optional[s
             | "SplitRule" >> beam.Map(splits.SplitRule.from_tally, salt, threshold))
     # No side input and no shuffle on the examples' way to their files: either would make
     # the runner hold every example until the last file is read (the DirectRunner holds it
-    # in this process). Files are already spread by ListCandidates' Reshuffle of candidates.
+    # in this process). ListCandidates already spreads and mixes the candidates (_Interleave).
     parts = accepted | "SplitByLabel" >> beam.Partition(_split_index, len(inputs.SPLITS), salt, threshold)
     stats, written = [], []
     for split, part in zip(inputs.SPLITS, parts):

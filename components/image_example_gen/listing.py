@@ -19,12 +19,20 @@ grows with the data, and with a pipeline graph of the same size for ten files or
   silently and cannot see symlinked folders (which must be reported ``not_followed``), and
   it knows only Beam's file systems, not the TensorFlow ones (``ram://`` and plug-ins) that
   TFX's fileio reaches.
+
+Both end in ``_Interleave``: candidates grouped by a hash of their id into ``SPREAD_KEYS``
+groups. It spreads the work over workers, as a Reshuffle would, and it also mixes labels,
+which a Reshuffle does not do on the DirectRunner (its output keeps the input's order):
+each group holds about 1/1000 of the files, from every label, so examples are written as
+sweeps over all labels, and the Trainer's 10,000-example shuffle buffer sees every label
+for data sets up to ~10 M files.
 """
 from __future__ import annotations
 
 import codecs
 import csv
 import os
+import zlib
 from typing import Iterator, Optional
 
 import apache_beam as beam
@@ -32,6 +40,7 @@ import apache_beam as beam
 from components.image_example_gen import inputs, storage
 
 CHUNK_BYTES = 16 << 20  # 4.1 M GLDv2 rows (~170 MB) make 11 ranges: enough to spread, few to count
+SPREAD_KEYS = 1000  # GLDv2's 4.1 M rows: ~4,100 candidates a group, small enough for any worker
 
 
 def _size(path: str) -> int:
@@ -132,6 +141,21 @@ class _ReadRows(beam.DoFn):
                 yield c.image_id, (row_no, c)
 
 
+def _spread_key(c: inputs.Candidate) -> int:
+    # crc32, not hash(): the same on every worker and every run.
+    return zlib.crc32(c.image_id.encode("utf-8", "surrogatepass")) % SPREAD_KEYS
+
+
+class _Interleave(beam.PTransform):
+    """Candidates regrouped by ``_spread_key``: spread over workers, labels mixed (see above)."""
+
+    def expand(self, candidates):
+        return (candidates
+                | "KeyBySpread" >> beam.Map(lambda c: (_spread_key(c), c))
+                | "GroupBySpread" >> beam.GroupByKey()
+                | "Ungroup" >> beam.FlatMap(lambda kv: kv[1]))
+
+
 class ListCandidates(beam.PTransform):
     """Every candidate of ``input_base``, as ``scan_inputs`` would list it, found by workers.
 
@@ -171,7 +195,8 @@ class ListCandidates(beam.PTransform):
                 | "ReadRows" >> beam.ParDo(_ReadRows(path, columns, root, self._labels_required),
                                            counts=beam.pvalue.AsDict(counts))
                 | "RowsById" >> beam.GroupByKey()
-                | "FirstListed" >> beam.FlatMap(lambda kv: inputs.first_listed(kv[1])))
+                | "FirstListed" >> beam.FlatMap(lambda kv: inputs.first_listed(kv[1]))
+                | "Interleave" >> _Interleave())
 
     def _folder(self, start, root):
         labels_required = self._labels_required
@@ -183,4 +208,4 @@ class ListCandidates(beam.PTransform):
                 | "SpreadLabels" >> beam.Reshuffle()
                 | "WalkLabels" >> beam.FlatMap(
                     lambda i: inputs.walk_label(root, os.fsdecode(i)) if isinstance(i, bytes) else [i])
-                | "SpreadFiles" >> beam.Reshuffle())
+                | "Interleave" >> _Interleave())

@@ -198,3 +198,25 @@ def test_fingerprint_is_skipped_above_max_files_with_a_message(tmp_path, caplog)
     with caplog.at_level(logging.WARNING):
         assert inputs.fingerprint(str(tmp_path), max_files=4) is None
     assert "more than 4 files" in caplog.text and "--no-cache" in caplog.text
+
+
+def test_listing_interleaves_labels_for_the_trainers_shuffle_buffer():
+    """20,000 candidates listed label by label (a folder tree's order) come out of
+    ListCandidates' interleave with every label in the first 10,000 (the Trainer's shuffle
+    buffer), on the DirectRunner, where a Reshuffle keeps the order: 25 labels of 50."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that
+
+    listed = [inputs.Candidate(f"{i:06d}", f"label{i // 400:02d}", "/r", f"{i}.jpg", None) for i in range(20_000)]
+
+    def labels_in_window(kind, want):
+        def check(gathered):
+            got = len({c.label for c in gathered[0][:10_000]})
+            assert got == want, (kind, got)
+        return check
+
+    with beam.Pipeline() as p:
+        start = p | beam.Create(listed, reshuffle=False)
+        for kind, transform, want in (("interleave", listing._Interleave(), 50), ("reshuffle", beam.Reshuffle(), 25)):
+            gathered = start | kind >> transform | f"Gather[{kind}]" >> beam.combiners.ToList()
+            assert_that(gathered, labels_in_window(kind, want), label=f"Check[{kind}]")
