@@ -258,24 +258,34 @@ class LeaveOneOutResult:
 
 
 def _hit_ranks(row: np.ndarray, positives: np.ndarray) -> np.ndarray:
-    """Sorted 0-based ranks of ``positives`` in the ranking of ``row`` (stable on -score).
+    """0-based ranks of a query's relevant items, with ties broken pessimistically.
 
-    Item j is ranked before positive p iff row[j] > row[p], or row[j] == row[p] and j < p.
-    The query's own entry must already be -inf (never ranked before a finite score).
+    Convention ("pessimistic" ties): among items with exactly equal scores every non-relevant
+    item is ranked before every relevant one; the order among tied relevant items does not
+    matter (they are interchangeable for every metric here). The ranks therefore depend only
+    on the scores and on which items are relevant, never on the order of the rows, and a tie
+    can only lower a score, never raise it.
+
+    Args:
+      row: [N] scores of the query against every item (float). The query's own entry must
+        already be -inf (it is then never ranked before a finite score).
+      positives: [m] int indices into ``row`` of the relevant items (the query excluded),
+        m >= 1.
+
+    Returns:
+      [m] int64, strictly increasing: the i-th entry (0-based) is the rank of the i-th best
+      relevant item, i + #(non-relevant items with a score >= that item's score).
     """
-    scores = row[positives]
-    if positives.size <= _COMPARE_MAX:
-        greater = np.count_nonzero(row > scores[:, None], axis=1)
-        equal = np.count_nonzero(row == scores[:, None], axis=1)
+    scores = np.sort(row[positives])[::-1]            # [m], best first
+    m = scores.size
+    if m <= _COMPARE_MAX:
+        at_least = np.count_nonzero(row >= scores[:, None], axis=1)
     else:
         ordered = np.sort(row)
-        lo = np.searchsorted(ordered, scores, side="left")
-        hi = np.searchsorted(ordered, scores, side="right")
-        greater, equal = row.size - hi, hi - lo
-    ranks = greater.astype(np.int64)
-    for i in np.flatnonzero(equal > 1):  # exact ties (rare): lower index first
-        ranks[i] += np.count_nonzero(row[: positives[i]] == scores[i])
-    return np.sort(ranks)
+        at_least = row.size - np.searchsorted(ordered, scores, side="left")
+    # relevant items scoring >= each score (ties with it included): m - #(relevant < score)
+    relevant_at_least = m - np.searchsorted(scores[::-1], scores, side="left")
+    return np.arange(m, dtype=np.int64) + (at_least - relevant_at_least).astype(np.int64)
 
 
 def leave_one_out_retrieval(embeddings, labels, ks: Sequence[int] = (1, 5, 10),
@@ -291,11 +301,29 @@ def leave_one_out_retrieval(embeddings, labels, ks: Sequence[int] = (1, 5, 10),
 
     Both APs go through :func:`_average_precision` (the one AP@k formula).
 
-    Ties: the ranking is a stable sort on -score, i.e. equal scores are ranked by ascending
-    database index. Scores are computed in the embeddings' dtype (float32 stays float32;
-    anything else becomes float64); for embeddings from any one block the product of that
-    block against all rows is taken, so very close scores may round differently from an
-    unblocked product. Pass L2-normalised embeddings for cosine similarity.
+    Ties are pessimistic (see :func:`_hit_ranks`): when a relevant and a non-relevant item
+    have exactly the same score, the non-relevant one is ranked first. Every metric is then a
+    function of the scores and labels alone: permuting the rows (with their labels) or
+    renaming the labels does not change it. (Breaking ties by row index, as a stable sort
+    does, made the result depend on the order the examples were stored or delivered in.)
+    Near-ties are not ties: two scores that differ in the last bits rank by those bits, so
+    embeddings computed by another path (another batch size, another signature) can still
+    reorder items whose scores differ by about the float rounding of that path.
+
+    Scores are computed in the embeddings' dtype (float32 stays float32; anything else
+    becomes float64); for embeddings from any one block the product of that block against
+    all rows is taken, so very close scores may round differently from an unblocked product.
+    Pass L2-normalised embeddings for cosine similarity.
+
+    Args:
+      embeddings: [N, D] float, one row per item (any row order).
+      labels: [N] labels (any comparable dtype); relevant = same label, the query excluded.
+      ks: recall cut-offs; map_at: the AP@k cut-off; block_size: query rows scored at once.
+
+    Returns:
+      A :class:`LeaveOneOutResult`: scalars ``mAP`` and ``mAP_at_k``, ``recall_at_k`` {k: float},
+      ``n_queries`` = N and ``n_evaluated``; the means are NaN when no query has a same-label
+      item.
 
     Cost: the block products are O(N^2 D) (BLAS). Ranking only needs the ranks of each query's
     m_q positives: for m_q <= 20 by direct comparisons against the score row, O(N m_q), else

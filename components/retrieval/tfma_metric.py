@@ -270,8 +270,9 @@ class _RetrievalCombiner(beam.CombineFn):
 def _canonical_order(embeddings: np.ndarray, labels: np.ndarray):
     """Rows sorted by (label, embedding values): the result no longer depends on Beam's order.
 
-    The protocol breaks exact score ties by row index and scores blocks of rows, so the order
-    in which Beam delivered examples could otherwise change a result in its last digits. The
+    Exact score ties no longer depend on the order (the protocol breaks them pessimistically),
+    but the protocol scores blocks of rows, so the order in which Beam delivered examples
+    could still change a score's last bits, and so the rank of two near-tied items. The
     lexsort costs O(D N log N), small next to the O(N^2 D) scoring.
     """
     _, label_codes = np.unique(labels, return_inverse=True)

@@ -177,7 +177,8 @@ def _brute_force(emb, labels, ks, map_at):
     aps, aps_k, recalls = [], [], {k: [] for k in ks}
     for q in range(n):
         others = [j for j in range(n) if j != q]
-        order = sorted(others, key=lambda j: (-scores[q, j], j))
+        # pessimistic ties: an other-label item with an equal score ranks first
+        order = sorted(others, key=lambda j: (-scores[q, j], labels[j] == labels[q]))
         rel = [labels[j] == labels[q] for j in order]
         m = sum(rel)
         if m == 0:
@@ -214,20 +215,20 @@ def test_leave_one_out_ties_by_hand():
     # integer embeddings: every score exact. labels 0,1,0,1 plus a singleton (label 2).
     emb = [[1, 0], [1, 0], [1, 0], [0, 1], [0, 0]]
     labels = [0, 1, 0, 1, 2]
-    # q0: scores 1:1, 2:1, 3:0, 4:0 -> tie 1 vs 2 broken by index: [1, 2, 3, 4];
-    #     relevant 2 at rank 2 -> AP 1/2
-    # q1: 0:1, 2:1, 3:0, 4:0 -> [0, 2, 3, 4]; relevant 3 at rank 3 -> AP 1/3
-    # q2: 0:1, 1:1 -> [0, 1, 3, 4]; relevant 0 at rank 1 -> AP 1
-    # q3: all scores 0 -> [0, 1, 2, 4]; relevant 1 at rank 2 -> AP 1/2
-    # q4: singleton -> excluded.       mAP = (1/2 + 1/3 + 1 + 1/2) / 4 = 7/12
+    # Pessimistic ties: an other-label item with the same score is ranked before a same-label one.
+    # q0: scores 1:1, 2:1, 3:0, 4:0 -> relevant 2 tied with 1: after it, rank 2 -> AP 1/2
+    # q1: 0:1, 2:1, 3:0, 4:0 -> relevant 3 tied with 4: after 0, 2 and 4, rank 4 -> AP 1/4
+    # q2: 0:1, 1:1 -> relevant 0 tied with 1: rank 2 -> AP 1/2
+    # q3: all scores 0 -> relevant 1 after 0, 2 and 4: rank 4 -> AP 1/4
+    # q4: singleton -> excluded.       mAP = (1/2 + 1/4 + 1/2 + 1/4) / 4 = 3/8
     r = leave_one_out_retrieval(emb, labels, ks=(1, 2, 3), map_at=100, block_size=2)
     assert r.n_queries == 5 and r.n_evaluated == 4
-    assert r.mAP == pytest.approx(7 / 12)
-    assert r.mAP_at_k == pytest.approx(7 / 12)           # m_q = 1 <= 100: same as full AP
-    # top-1 hit only for q2; top-2 for q0, q2, q3; top-3 for all
-    assert r.recall_at_k == pytest.approx({1: 0.25, 2: 0.75, 3: 1.0})
-    # AP@1: only q2 has its hit at rank 1 -> 1/4
-    assert leave_one_out_retrieval(emb, labels, map_at=1).mAP_at_k == pytest.approx(0.25)
+    assert r.mAP == pytest.approx(3 / 8)
+    assert r.mAP_at_k == pytest.approx(3 / 8)            # m_q = 1 <= 100: same as full AP
+    # no hit at rank 1; top-2 for q0 and q2; top-3 the same
+    assert r.recall_at_k == pytest.approx({1: 0.0, 2: 0.5, 3: 0.5})
+    # AP@1: no query has its hit at rank 1
+    assert leave_one_out_retrieval(emb, labels, map_at=1).mAP_at_k == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("block_size", [1, 7, 32, 50, 1000])
