@@ -8,6 +8,7 @@ ImageExampleGen alone in tests/components/test_ingest_fingerprint.py.)"""
 import base64
 import html.parser
 import io
+import itertools
 import json
 import os
 import pathlib
@@ -221,8 +222,6 @@ def test_evaluator_map_equals_numpy_map_on_the_same_embeddings(first_run):
     assert len(set(labels)) >= 2
     embeddings = demo_report.embed_saved_model(summary["model"], images)
     got = summary["metrics"]["retrieval_mAP"]
-    import itertools
-
     # Not bit-for-bit the Evaluator's embeddings: it runs the ``serving_examples`` signature in
     # batches Beam's BatchElements sizes by timing and scores rows in its canonical order; this
     # runs ``serving_default`` in batches of 32. The two differ by float rounding: in 4 runs of
