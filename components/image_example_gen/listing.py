@@ -22,7 +22,7 @@ grows with the data, and with a pipeline graph of the same size for ten files or
 
 Both end in ``_Interleave``: candidates grouped by a hash of their id into ``SPREAD_KEYS``
 groups. It spreads the work over workers, as a Reshuffle would, and it also mixes labels,
-which a Reshuffle does not do on the DirectRunner (its output keeps the input's order):
+which a Reshuffle does not do on the DirectRunner (its output keeps nearly the input order):
 each group holds about 1/1000 of the files, from every label, so examples are written as
 sweeps over all labels, and the Trainer's 10,000-example shuffle buffer sees every label
 for data sets up to ~10 M files.

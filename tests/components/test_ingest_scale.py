@@ -201,9 +201,10 @@ def test_fingerprint_is_skipped_above_max_files_with_a_message(tmp_path, caplog)
 
 
 def test_listing_interleaves_labels_for_the_trainers_shuffle_buffer():
-    """20,000 candidates listed label by label (a folder tree's order) come out of
-    ListCandidates' interleave with every label in the first 10,000 (the Trainer's shuffle
-    buffer), on the DirectRunner, where a Reshuffle keeps the order: 25 labels of 50."""
+    """20,000 candidates listed label by label (a folder tree's order: 25 labels of 50 in the
+    first 10,000, the Trainer's shuffle buffer) come out of ListCandidates' interleave with
+    every label in the first 10,000, on the DirectRunner. (A Reshuffle there keeps nearly the
+    input order: 25 or 26 labels in CI runs, so it is no control; the listing order is.)"""
     import apache_beam as beam
     from apache_beam.testing.util import assert_that
 
@@ -217,6 +218,6 @@ def test_listing_interleaves_labels_for_the_trainers_shuffle_buffer():
 
     with beam.Pipeline() as p:
         start = p | beam.Create(listed, reshuffle=False)
-        for kind, transform, want in (("interleave", listing._Interleave(), 50), ("reshuffle", beam.Reshuffle(), 25)):
+        for kind, transform, want in (("interleave", listing._Interleave(), 50), ("listed", beam.Map(lambda c: c), 25)):
             gathered = start | kind >> transform | f"Gather[{kind}]" >> beam.combiners.ToList()
             assert_that(gathered, labels_in_window(kind, want), label=f"Check[{kind}]")
