@@ -39,7 +39,8 @@ def rss_mb():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
 if mode == "bare":
-    from components.image_example_gen import checks, inputs
+    from components.image_example_gen import inputs
+from components.images import checks
     import tensorflow  # noqa: F401  (imported before timing, as the executor's process has it)
     start_rss = rss_mb()
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ the multi-scale descriptor. Its floor is the same work done by hand with nothing
   must agree: the table's last column checks that the two paths computed the same thing),
   called through multi_scale_embedding with the config's scales inside one tf.function, on a
   batch decoded beforehand.
-- decode: pipeline.image_ops.decode_batch (what the Transform graph runs) in a tf.function.
+- decode: components.images.image_ops.decode_batch (what the Transform graph runs) in a tf.function.
 
 Both the exported model (the config's scales) and a re-export of it at the paper's three scales.
 Batches of 1, 8 and 32 real JPEGs from the run's eval split. For each batch size the three
@@ -53,7 +53,7 @@ def measure(serve, keras_model, scales, size, config, images, rounds):
 
     from dolg_model.model import multi_scale_embedding
     from pipeline import features as F
-    from pipeline import image_ops
+    from components.images import image_ops
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def decode(encoded):

@@ -1,2 +1,2 @@
 """components package."""
-import dolg_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import dolg_model  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)

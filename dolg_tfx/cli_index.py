@@ -14,7 +14,7 @@ import tempfile
 
 import click
 
-from components.image_example_gen.checks import DEFAULT_MAX_BYTES
+from components.images.rules import DEFAULT_MAX_BYTES
 
 
 @click.group("index")

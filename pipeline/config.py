@@ -8,7 +8,7 @@ import json
 import pathlib
 from typing import Optional, Tuple
 
-from components.image_example_gen.checks import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from components.images.rules import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from components.image_example_gen.inputs import DEFAULT_FINGERPRINT_MAX_FILES
 from dolg_model.config import ConfigError, DOLGConfig, check_fields
 

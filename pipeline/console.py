@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from dolg_tfx import progress
+from components import progress
 
 
 NON_TTY_PROGRESS_S = 15.0
@@ -115,7 +115,7 @@ class Console:
 
     @contextlib.contextmanager
     def showing_progress(self):
-        """Draws the ``dolg_tfx.progress`` records of the block as a bar (see ``ProgressLines``)."""
+        """Draws the ``components.progress`` records of the block as a bar (see ``ProgressLines``)."""
         logger = logging.getLogger(progress.LOGGER)
         handler = ProgressLines(self)
         logger.addHandler(handler)
@@ -148,7 +148,7 @@ class Console:
 
 
 class ProgressLines(logging.Handler):
-    """Draws ``dolg_tfx.progress`` records (``dolg_tfx.progress.ProgressReporter``) as a bar."""
+    """Draws ``components.progress`` records (``components.progress.ProgressReporter``) as a bar."""
 
     def __init__(self, console: Console):
         super().__init__(level=logging.INFO)

@@ -15,7 +15,7 @@ from typing import Optional
 
 from absl import logging
 
-from pipeline import run_lock
+from pipeline import run_lock, run_manifest
 from pipeline.config import PREPROCESSING_FN, RUN_FN, PipelineConfig
 from schemas import SCHEMA_FILE
 
@@ -71,7 +71,7 @@ def run(config: PipelineConfig, data: str, output: str, enable_cache: bool = Tru
             if not storage.is_uri(config.gallery):  # the manifest and the cache key need one name for it
                 config = config.replace(gallery=os.path.abspath(config.gallery))
             gallery_fingerprint = fingerprint(config.gallery, max_files=config.fingerprint_max_files)
-        write_manifest(layout, config, data, preset)
+        run_manifest.write(layout.output, config, data, preset)
         logging.set_verbosity(logging.INFO if verbose or watch is not None else logging.WARNING)
         if killed:
             logging.warning("The previous run on %s (%s) ended without releasing its lock; taking over.",
@@ -98,21 +98,6 @@ def _watching(handler):
         yield
     finally:
         root.removeHandler(handler)
-
-
-def write_manifest(layout, config: PipelineConfig, data: str, preset: Optional[str]) -> None:
-    """``run.json``: what this run was asked to do, for the report (``run_facts``)."""
-    import datetime
-    import sys
-
-    from pipeline import run_facts
-
-    manifest = {"started": datetime.datetime.now().isoformat(timespec="seconds"),
-                "data": os.path.abspath(data), "output": layout.output, "preset": preset,
-                "config": json.loads(config.to_json()), "versions": run_facts.stack_versions(),
-                "command": sys.argv}
-    with open(os.path.join(layout.output, run_facts.RUN_MANIFEST), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, default=str)
 
 
 def _store(layout):

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from pipeline import features as F
-from pipeline import image_ops
+from components.images import image_ops
 from pipeline.config import PipelineConfig
 
 

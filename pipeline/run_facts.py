@@ -41,25 +41,6 @@ class Evaluation:
         return None
 
 
-def read_manifest(output: str) -> dict:
-    """The run manifest (what was asked: data, preset, config, versions), or {} if absent."""
-    import tensorflow as tf
-
-    path = f"{output.rstrip('/')}/{RUN_MANIFEST}"
-    if not tf.io.gfile.exists(path):
-        return {}
-    with tf.io.gfile.GFile(path) as f:
-        return json.loads(f.read())
-
-
-def stack_versions() -> dict:
-    import importlib.metadata as md
-
-    names = ("tfx", "tensorflow", "tf-keras", "tensorflow-transform", "tensorflow-model-analysis",
-             "apache-beam", "ml-metadata")
-    return {name: md.version(name) for name in names}
-
-
 def component_times(layout) -> dict:
     """{component id: (state, seconds)} for the latest run in the order they started, from ML
     Metadata's timestamps."""

@@ -211,12 +211,12 @@ def _section_model_card(summary, ev, manifest) -> str:
 
 def build_html(output: str) -> str:
     """The report of the latest run in ``output`` (a run's output folder)."""
-    from pipeline import local_runner, run_facts
+    from pipeline import local_runner, run_facts, run_manifest
     from pipeline.config import PipelineConfig
 
     layout = local_runner.Layout(output)
     summary = local_runner.summarise(layout)
-    manifest = run_facts.read_manifest(output)
+    manifest = run_manifest.read(output)
     config = PipelineConfig.from_json(json.dumps(manifest["config"])) if manifest.get("config") else PipelineConfig()
     times = run_facts.component_times(layout)
     ev = run_facts.evaluation(layout, summary, config)

@@ -6,14 +6,14 @@ attention (one image -> its local attention map over the image's pixels: `dolg-t
 
 Every image path goes through the Transform graph, so serving decodes exactly as training did;
 bad bytes raise InvalidArgumentError from its decoder, refused ones before any pixel is
-decoded, and EXIF-rotated photos are turned upright there (see pipeline/image_ops.py).
+decoded, and EXIF-rotated photos are turned upright there (see components/images/image_ops.py).
 """
 import tensorflow as tf
 
 from components.retrieval import serving_contract as contract
 from dolg_model.model import attention_model, multi_scale_embedding
 from pipeline import features as F
-from pipeline import image_ops
+from components.images import image_ops
 
 
 def _image_only_spec():

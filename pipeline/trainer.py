@@ -16,7 +16,7 @@ from absl import logging
 
 from dolg_model import model as dolg_lib
 from dolg_model import training
-from dolg_tfx.progress import ProgressReporter
+from components.progress import ProgressReporter
 from pipeline import dataset, preprocessing, signatures
 from pipeline.config import PipelineConfig
 
@@ -58,7 +58,7 @@ class ProgressLog(tf.keras.callbacks.Callback):
 
 
 class StepProgress(tf.keras.callbacks.Callback):
-    """The training steps as ``dolg_tfx.progress`` records (steps, loss, rate, ETA), which the
+    """The training steps as ``components.progress`` records (steps, loss, rate, ETA), which the
     CLI's console draws as a bar; about 50 over a run."""
 
     def __init__(self, total_steps: int, updates: int = 50):

@@ -4,8 +4,7 @@ The TFX parts (``ImageExampleGen``, ``IngestionReport``, ``Executor``) are loade
 use, so ``from components.image_example_gen import scan_inputs, inspect_image`` stays plain
 Python (Pillow only) and does not pay TFX's import (seconds, a gigabyte) in the CLI.
 """
-import dolg_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from components.image_example_gen.checks import ImageInfo, Rejected, inspect_image
+from components.images.checks import ImageInfo, Rejected, inspect_image
 from components.image_example_gen.inputs import Candidate, assign_splits, label_bucket, scan_inputs
 
 _LAZY = {

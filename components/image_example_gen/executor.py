@@ -44,9 +44,10 @@ from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
-from components.image_example_gen import checks, guard_move, inputs, listing, splits
+from components.image_example_gen import guard_move, inputs, listing, splits
 from components.image_example_gen import features as F
 from components.image_example_gen import spec as s
+from components.images import checks
 
 _REJECTED_TAG = "rejected"
 _METRICS_NAMESPACE = "dolg_tfx.ImageExampleGen"

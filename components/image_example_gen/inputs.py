@@ -43,7 +43,7 @@ import stat
 from typing import Iterator, Optional, Union
 
 from components.image_example_gen import storage
-from components.image_example_gen.checks import Rejected
+from components.images.checks import Rejected
 # The split rule lives in ``splits``; these names stay importable from here.
 from components.image_example_gen.splits import (  # noqa: F401
     EVAL, HASH_BUCKETS, SPLITS, TRAIN, assign_splits, label_bucket, split_counts)

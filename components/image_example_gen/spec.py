@@ -7,7 +7,7 @@ from tfx import types
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.image_example_gen.checks import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS  # noqa: F401  (the one home of the caps)
+from components.images.rules import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS  # noqa: F401  (the one home of the caps)
 
 # Output keys.
 EXAMPLES_KEY = "examples"

@@ -24,7 +24,7 @@ import posixpath
 import re
 from typing import Iterator, Optional
 
-from components.image_example_gen.checks import Rejected
+from components.images.checks import Rejected
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 

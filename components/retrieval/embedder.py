@@ -13,13 +13,12 @@ import io
 import os
 from typing import Optional, Sequence
 
-import dolg_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from dolg_tfx.progress import ProgressReporter
 import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from components.image_example_gen.checks import DEFAULT_MAX_BYTES  # ImageExampleGen's byte cap
+from components.images.rules import DEFAULT_MAX_BYTES  # ImageExampleGen's byte cap
+from components.progress import ProgressReporter
 from components.retrieval.serving_contract import (ATTENTION_INPUT, ATTENTION_OUTPUT, ATTENTION_SIGNATURE,
                                                    EMBEDDING_OUTPUT, IMAGES_INPUT, IMAGES_SIGNATURE,
                                                    SCALES_INPUT, SCALES_SIGNATURE, resolve_model_dir)
@@ -206,7 +205,7 @@ class Embedder:
           paths: image files. ids: their ids (default: the paths).
           boxes: per file an optional (x1, y1, x2, y2) crop box (revisited queries).
           batch_size: images per model call.
-          progress: report progress (``dolg_tfx.progress``: the CLI's console draws a bar);
+          progress: report progress (``components.progress``: the CLI's console draws a bar);
             False: none. ``desc`` names the loop there.
         Returns:
           An :class:`EmbedResult`; unreadable or undecodable files are in ``failures``.

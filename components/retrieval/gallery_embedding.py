@@ -9,15 +9,14 @@ import json
 import os
 from typing import Iterable, Optional, Sequence
 
-import dolg_tfx  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 
 from components.image_example_gen import inputs as gen_inputs
-from components.image_example_gen.checks import Rejected
+from components.images.checks import Rejected
+from components.progress import ProgressReporter
 from components.retrieval.embedder import DEFAULT_MAX_BYTES, Embedder, EmbedResult, Failure
-from dolg_tfx.progress import ProgressReporter
 
 
 class EmbedCandidatesDoFn(beam.DoFn):

@@ -12,7 +12,8 @@ uses for TensorFlow's filesystems): local paths, gs://, ram://, any filesystem T
 """
 from __future__ import annotations
 
-from typing import List
+import os
+from typing import List, Optional
 
 SAVED_MODEL_FILE = "saved_model.pb"
 
@@ -102,6 +103,12 @@ def model_digest(model_dir: str) -> str:
     return digest.hexdigest()
 
 
+def model_version(model_dir: str) -> Optional[int]:
+    """The version number of a resolved model folder (its integer name), or None."""
+    name = os.path.basename(str(model_dir).rstrip("/"))
+    return int(name) if name.isdigit() else None
+
+
 class VersionMismatch(ValueError):
     """A gallery index and a model that are not a pair (the message names both versions)."""
 
@@ -118,8 +125,6 @@ def check_index_matches_model(index_version, index_dir: str, model_dir: str) -> 
     Raises:
       VersionMismatch: the versions differ, or the model is not in a version folder.
     """
-    from components.retrieval.serving_contract import model_version
-
     if index_version is None:
         return
     given = model_version(model_dir)

@@ -23,6 +23,9 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from components.retrieval import model_versions
+from components.retrieval.model_versions import model_version  # noqa: F401  (part of the contract's API)
+
 MODEL_NAME = "dolg"                      # the name TF Serving serves it under (models.config)
 SERVE_TAG = "serve"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -58,7 +61,6 @@ def resolve_model_dir(path: str) -> str:
     import tensorflow as tf
 
     from components.image_example_gen import storage
-    from components.retrieval import model_versions
 
     path = os.fspath(path)
     if not storage.is_uri(path):
@@ -71,12 +73,6 @@ def resolve_model_dir(path: str) -> str:
     if not versions:
         raise FileNotFoundError(f"{path}: no complete saved_model.pb here nor in an integer version folder")
     return versions[-1]
-
-
-def model_version(model_dir: str) -> Optional[int]:
-    """The version number of a resolved model folder (its integer name), or None."""
-    name = os.path.basename(str(model_dir).rstrip("/"))
-    return int(name) if name.isdigit() else None
 
 
 def _describe_tensor(info) -> dict:

@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.image_example_gen import checks, inputs
+from components.image_example_gen import inputs
+from components.images import checks
 from components.image_example_gen import assign_splits, label_bucket, scan_inputs
 from pipeline import demo_data
 from conftest import load_fixture

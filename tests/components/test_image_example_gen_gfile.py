@@ -13,7 +13,8 @@ import uuid
 import pytest
 import tensorflow as tf
 
-from components.image_example_gen import checks, inputs, storage
+from components.image_example_gen import inputs, storage
+from components.images import checks
 from pipeline import demo_data
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

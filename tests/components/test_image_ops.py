@@ -1,4 +1,4 @@
-"""The graph decoder (pipeline/image_ops.py) against independent references, over the project's
+"""The graph decoder (components/images/image_ops.py) against independent references, over the project's
 whole corpus of tricky and hostile files: Pillow's header parse and pixels, Pillow's
 ``ImageOps.exif_transpose``, and the ingestion checks (one verdict for both sides).
 
@@ -15,14 +15,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from components.image_example_gen import checks
+from components.images import checks, image_header, image_ops, rules
 from conftest import REPO, load_fixture
-from pipeline import image_header, image_ops
 
 bad_images = load_fixture("bad_images")
 refusal_probe = load_fixture("refusal_probe")
-CAP = checks.DEFAULT_MAX_PIXELS
-MB = checks.DEFAULT_MAX_BYTES
+CAP = rules.DEFAULT_MAX_PIXELS
+MB = rules.DEFAULT_MAX_BYTES
 
 
 def _graph(data, max_pixels=CAP):

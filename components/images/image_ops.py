@@ -6,9 +6,9 @@ from the magic bytes, stored dimensions from the header) and only then, inside a
 decodes: a refused input never reaches a decoder, so a 200 KB PNG announcing 40000x40000
 pixels costs microseconds, not gigabytes. (``tf.debugging`` asserts would not do: in a
 ``tf.function`` nothing orders them before ``decode_image``.) The rules (magic bytes, caps,
-BMP variants, the GIF/WebP walk bounds) come from ``components/image_example_gen/checks.py``,
+BMP variants, the GIF/WebP walk bounds) come from ``components/images/checks.py``,
 which applies the same ones with Pillow at ingestion. The probe and the EXIF reading, string
-ops on the bytes, are ``pipeline/image_header.py``; this module decodes and resizes.
+ops on the bytes, are ``components/images/image_header.py``; this module decodes and resizes.
 
 - Accepted: JPEG, PNG, GIF (first frame, drawn on its canvas), BMP (uncompressed 24/32-bit)
   and WebP (still or the first frame of an animation; alpha dropped).
@@ -29,7 +29,7 @@ Refused or undecodable bytes raise InvalidArgumentError, whose message says why.
 """
 import tensorflow as tf
 
-from pipeline.image_header import MAX_PIXELS, byte_length, header, int_bytes, orientation, probe, read_int
+from components.images.image_header import MAX_PIXELS, byte_length, header, int_bytes, orientation, probe, read_int
 
 RESIZE_MODES = ("pad", "squash")
 

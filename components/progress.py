@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Optional
 
-LOGGER = "dolg_tfx.progress"
+LOGGER = "dolg_tfx.progress"  # the logger the CLI's console listens to
 
 
 class ProgressReporter:

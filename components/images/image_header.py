@@ -1,12 +1,12 @@
 """Image bytes read with TensorFlow string ops, before any decoder sees them: the byte reads,
 the probe (format from the magic bytes, stored size from the header, the GIF and WebP walks,
-the pixel cap) and the EXIF orientation. ``pipeline.image_ops`` decodes what the probe
-accepts; the rules come from ``components/image_example_gen/checks.py`` (see image_ops's
+the pixel cap) and the EXIF orientation. ``components.images.image_ops`` decodes what the probe
+accepts; the rules come from ``components/images/checks.py`` (see image_ops's
 docstring for the whole design).
 """
 import tensorflow as tf
 
-from components.image_example_gen import checks as rules
+from components.images import rules
 
 MAX_PIXELS = rules.DEFAULT_MAX_PIXELS
 _JPEG, _PNG, _GIF, _BMP, _WEBP = (rules.FORMATS.index(f) for f in ("jpeg", "png", "gif", "bmp", "webp"))

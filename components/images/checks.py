@@ -1,10 +1,9 @@
 """Per-file image validation for ImageExampleGen (plain Python: Pillow, optionally TensorFlow).
 
-This module is also the ONE home of the image rules that the graph decoder
-(``pipeline/image_ops.py``) applies with TensorFlow ops: the byte and pixel caps, the magic
-bytes of the accepted and of the recognised-but-refused formats, the BMP variants TensorFlow
-decodes correctly, and the bounds of the GIF/WebP first-frame walk. Both sides read them
-from here, so ingestion and serving accept exactly the same byte strings (a property test
+The rules it applies (the byte and pixel caps, the magic bytes of the accepted and of the
+recognised-but-refused formats, the BMP variants TensorFlow decodes correctly, the bounds of
+the GIF/WebP first-frame walk) live in ``rules``, which the graph decoder (``image_ops``)
+reads too, so ingestion and serving accept exactly the same byte strings (a property test
 runs the test corpus through both).
 
 The checks run in a fixed order, cheapest and safest first, so that a hostile file is refused
@@ -22,7 +21,7 @@ before anything expensive or memory-hungry happens to it:
    EXIF rotation); for GIF and animated WebP, the canvas the first frame is drawn on;
 4. a full decode of the first frame: truncation, corrupt zlib or LZW streams and the like
    show up only here. With ``tf_check`` (what the executor does) the decode is the graph
-   decoder itself (``pipeline.image_ops.decode_rgb``), the function the Transform and the
+   decoder itself (``components.images.image_ops.decode_rgb``), the function the Transform and the
    serving signatures run: its verdict is the verdict, so ingestion accepts exactly what
    serving accepts. Two decoders differ on corrupt compressed data (libwebp's animation
    decoder in Pillow reads every frame, giflib and Pillow tolerate different LZW errors),
@@ -49,55 +48,10 @@ from typing import NamedTuple, Optional
 
 from PIL import Image
 
-# ---------------------------------------------------------------- the shared rules (one home)
-# The caps. 50 MiB: far above any sane photo, far below a bomb. 40 Mpx: a 7300x5500 photo;
-# 120 MB once decoded to RGB.
-DEFAULT_MAX_BYTES = 50 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 40_000_000
+from components.images.rules import (BMP_BITS, BMP_MIN_INFO_HEADER, FORMATS, GIF_MAX_RUN, GIF_MAX_STEPS,
+                                     MAGIC, NOT_AN_IMAGE, REFUSED_MAGIC, SVG_WINDOW, UNSUPPORTED,
+                                     WEBP_MAX_CHUNKS)
 
-FORMATS = ("jpeg", "png", "gif", "bmp", "webp")
-# Magic bytes: per format, alternatives; an alternative is (offset, bytes) pairs that must
-# all match. The graph decoder builds its comparisons from these same tables.
-MAGIC = (
-    ("jpeg", (((0, b"\xff\xd8\xff"),),)),
-    ("png", (((0, b"\x89PNG\r\n\x1a\n"),),)),
-    ("gif", (((0, b"GIF87a"),), ((0, b"GIF89a"),))),
-    ("bmp", (((0, b"BM"),),)),
-    ("webp", (((0, b"RIFF"), (8, b"WEBP")),)),
-)
-# Recognised formats that are refused, by name: neither Pillow (HEIC, JPEG XL) nor
-# TensorFlow (AVIF, TIFF, JPEG 2000, PSD, SVG, PDF) can check and decode them on both sides.
-_FTYP = lambda *brands: tuple(((4, b"ftyp" + b),) for b in brands)  # noqa: E731  (ISO BMFF)
-REFUSED_MAGIC = (
-    ("HEIC", _FTYP(b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis")),
-    ("HEIF", _FTYP(b"mif1", b"msf1")),
-    ("AVIF", _FTYP(b"avif", b"avis")),
-    ("TIFF", (((0, b"II*\x00"),), ((0, b"MM\x00*"),))),
-    ("JPEG XL", (((0, b"\xff\x0a"),), ((0, b"\x00\x00\x00\x0cJXL \r\n\x87\n"),))),
-    ("JPEG 2000", (((0, b"\x00\x00\x00\x0cjP  \r\n\x87\n"),), ((0, b"\xff\x4f\xff\x51"),))),
-    ("PSD", (((0, b"8BPS"),),)),
-    ("PDF", (((0, b"%PDF-"),),)),
-)
-# SVG has no magic bytes: markup (after an optional BOM and white space) whose first
-# SVG_WINDOW bytes contain "<svg".
-SVG_WINDOW = 1024
-UNSUPPORTED = "{} is not supported: convert to JPEG"
-NOT_AN_IMAGE = "not a JPEG, PNG, GIF, BMP or WebP image"
-# BMP: TensorFlow's decoder reads only uncompressed 24/32-bit BITMAPINFOHEADER (or later)
-# files; it decodes 8-bit palette files as grey and refuses 1-bit ones, so both sides refuse
-# every other variant.
-BMP_BITS = (24, 32)
-BMP_MIN_INFO_HEADER = 40
-# GIF: only the first frame is decoded, and TensorFlow's GIF decoder would decompress EVERY
-# frame (a 2.7 MB GIF of 200 frames of 4000x4000 costs it 3 GB), so the graph cuts the file
-# after the first frame. Finding that end walks the blocks; a step is one block header or one
-# run of at most GIF_MAX_RUN data sub-blocks of equal length (encoders write 255-byte ones),
-# and a file that needs more than GIF_MAX_STEPS steps is refused on both sides.
-GIF_MAX_STEPS = 1024
-GIF_MAX_RUN = 4096
-# WebP: the first frame of an animation is the first ANMF chunk among the first
-# WEBP_MAX_CHUNKS chunks after VP8X (ICCP and ANIM come before it).
-WEBP_MAX_CHUNKS = 64
 _PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); C4 (DHT),
 # C8 (reserved) and CC (DAC) share the range but carry no dimensions.
@@ -306,7 +260,7 @@ def _bmp_size(data: bytes) -> tuple[int, int]:
 def header_size(fmt: str, data: bytes) -> tuple[int, int]:
     """(width, height) stored in the header of ``data`` in format ``fmt``, without decoding pixels.
 
-    The same order as ``pipeline.image_header.header_size`` and Pillow's ``Image.size``. For a GIF
+    The same order as ``components.images.image_header.header_size`` and Pillow's ``Image.size``. For a GIF
     or an animated WebP, the canvas the first frame is drawn on.
 
     Args:
@@ -354,7 +308,7 @@ def inspect_image(data: bytes, max_bytes: int, max_pixels: int, tf_check: bool =
       data: the file's bytes.
       max_bytes: largest accepted file size in bytes.
       max_pixels: largest accepted width * height, checked from the header before decoding.
-      tf_check: also run the graph decoder (``pipeline.image_ops``; imports TensorFlow).
+      tf_check: also run the graph decoder (``components.images.image_ops``; imports TensorFlow).
 
     Returns:
       ImageInfo with the sniffed format, stored width and height and EXIF orientation.
@@ -421,7 +375,7 @@ def _graph_decode(data: bytes, fmt: str, width: int, height: int, max_pixels: in
     """Runs the graph decoder the Transform and serving use; its refusal is ours too."""
     import tensorflow as tf  # lazily: the plain-Python path (CLI scans) should not pay for it
 
-    from pipeline import image_ops
+    from components.images import image_ops
 
     try:
         shape = image_ops.decode_eager(data, max_pixels).shape[:2]
