@@ -1,8 +1,5 @@
 """The demo's closing report: trained vs untrained held-out mAP, and one query through the
 pushed model and the gallery index the pipeline pushed beside it, with its top-5 neighbours."""
-import glob
-import os
-
 import numpy as np
 import tensorflow as tf
 
@@ -11,8 +8,10 @@ from pipeline import features as F
 
 
 def read_split(examples_uri, split="eval"):
-    """(image_ids, encoded images, labels) of one split of an Examples artifact."""
-    files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
+    """(image_ids, encoded images, labels) of one split of an Examples artifact at any URI
+    TensorFlow opens (a local path, gs://, ram://): listed with ``tf.io.gfile``, not ``glob``,
+    which sees local files only and would find nothing on an object store."""
+    files = sorted(tf.io.gfile.glob(f"{str(examples_uri).rstrip('/')}/Split-{split}/*"))
     spec = {k: tf.io.FixedLenFeature([], tf.string) for k in (F.IMAGE, F.IMAGE_ID, F.LABEL)}
     ids, images, labels = [], [], []
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
@@ -35,7 +34,7 @@ def embed_saved_model(model_dir, images, batch_size=32):
 def embed_untrained(config, images, batch_size=32, seed=0):
     """The same architecture with the weights it starts from (seeded), decoded like serving."""
     from dolg_model.model import build_dolg, multi_scale_embedding
-    from pipeline import image_ops
+    from components.images import image_ops
 
     tf.keras.utils.set_random_seed(seed)
     dolg = build_dolg(config.model)

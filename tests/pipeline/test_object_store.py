@@ -81,3 +81,27 @@ def test_evaluation_without_metrics_is_an_error_naming_the_artifact(ram):
     tf.io.gfile.makedirs(f"{ram}/Evaluator/evaluation/9")
     with pytest.raises(local_runner.ArtifactUnreadable, match=f"{ram}/Evaluator/evaluation/9"):
         local_runner.evaluation_metrics(f"{ram}/Evaluator/evaluation/9")
+
+
+def test_the_reports_split_reader_reads_examples_on_an_object_store(ram):
+    """``demo_report.read_split`` (the run report's and the demo's reader of the Examples) on a
+    ``ram://`` artifact. Mutation that fails it: listing the split with ``glob.glob``, which sees
+    local files only, so the report silently found no examples on a gs:// pipeline root."""
+    from pipeline import demo_report
+    from pipeline import features as F
+
+    def example(i):
+        feature = {F.IMAGE: f"bytes-{i}".encode(), F.IMAGE_ID: f"id-{i}".encode(), F.LABEL: f"l{i % 2}".encode()}
+        return tf.train.Example(features=tf.train.Features(feature={
+            k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v])) for k, v in feature.items()}))
+
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    for shard, rows in (("data_tfrecord-00000-of-00002.gz", range(0, 3)), ("data_tfrecord-00001-of-00002.gz", range(3, 5))):
+        tf.io.gfile.makedirs(f"{ram}/examples/Split-eval")
+        with tf.io.TFRecordWriter(f"{ram}/examples/Split-eval/{shard}", options) as writer:
+            for i in rows:
+                writer.write(example(i).SerializeToString())
+    ids, images, labels = demo_report.read_split(f"{ram}/examples", "eval")
+    assert ids == [f"id-{i}" for i in range(5)]
+    assert images == [f"bytes-{i}".encode() for i in range(5)]
+    assert labels == ["l0", "l1", "l0", "l1", "l0"]
