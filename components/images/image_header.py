@@ -10,8 +10,10 @@ from components.images import rules
 
 MAX_PIXELS = rules.DEFAULT_MAX_PIXELS
 _JPEG, _PNG, _GIF, _BMP, _WEBP = (rules.FORMATS.index(f) for f in ("jpeg", "png", "gif", "bmp", "webp"))
+JPEG_SCALES = (1, 2, 4, 8)  # the reduced sizes libjpeg decodes at almost no cost (1/d a side)
 _HEAD = 64           # bytes of the file every sniff and header read looks at
 _EXIF_CANDIDATES = 4  # occurrences of the EXIF marker examined (the first valid one wins)
+_EXIF_WINDOW = 1 << 17  # JPEG: bytes searched for the EXIF APP1 segment (it is at most 64 KB)
 _IFD_ENTRIES = 64     # IFD0 entries examined for the orientation tag
 _BYTE = [bytes([i]) for i in range(256)]
 
@@ -29,22 +31,25 @@ def _read(data, pos, length):
                                     fixed_length=tf.cast(length, tf.int32)), tf.int64)
 
 
+def _weights(length, little_endian):
+    """Place values of ``length`` bytes, so an integer is one multiply-and-sum, not a chain."""
+    order = range(length) if little_endian else range(length - 1, -1, -1)
+    return tf.constant([256 ** i for i in order], tf.int64)
+
+
 def read_int(data, pos, length, little_endian):
-    raw = _read(data, pos, length)
-    value = tf.constant(0, tf.int64)
-    for i in (range(length - 1, -1, -1) if little_endian else range(length)):
-        value = value * 256 + raw[i]
-    return value
+    """The unsigned ``length``-byte integer of ``data`` at ``pos`` (zero past the end)."""
+    return tf.reduce_sum(_read(data, pos, length) * _weights(length, little_endian))
 
 
 def _ints(raw, little_endian):
     """Unsigned integers from the last axis of a byte tensor."""
-    n = raw.shape[-1]
-    order = range(n - 1, -1, -1) if little_endian else range(n)
-    value = tf.zeros_like(raw[..., 0])
-    for i in order:
-        value = value * 256 + raw[..., i]
-    return value
+    return tf.reduce_sum(raw * _weights(raw.shape[-1], little_endian), axis=-1)
+
+
+def _at(head_bytes, offset, length, little_endian):
+    """The integer at a fixed ``offset`` of the head (its bytes read once, as int64)."""
+    return _ints(head_bytes[offset:offset + length], little_endian)
 
 
 def int_bytes(value, length):
@@ -57,13 +62,21 @@ def _has(head, offset, signature):
     return tf.strings.substr(head, offset, len(signature)) == signature
 
 
-def _sniff(head, table):
-    """Index in ``table`` of the first entry whose magic bytes match ``head``, else -1."""
-    index = tf.constant(-1)
-    for i, (_, alternatives) in reversed(list(enumerate(table))):
-        hit = tf.reduce_any([tf.reduce_all([_has(head, off, sig) for off, sig in alt]) for alt in alternatives])
-        index = tf.where(hit, i, index)
-    return index
+def _sniff(head_bytes, table):
+    """Index in ``table`` of the first entry whose magic bytes match the head, else -1: every
+    alternative of every entry compared at once against one [alternatives, _HEAD] table."""
+    rows, owners = [], []
+    for i, (_, alternatives) in enumerate(table):
+        for alternative in alternatives:
+            expected = [-1] * _HEAD  # -1: any byte
+            for offset, signature in alternative:
+                expected[offset:offset + len(signature)] = list(signature)
+            rows.append(expected)
+            owners.append(i)
+    expected = tf.constant(rows, tf.int64)
+    hit = tf.reduce_all((expected < 0) | tf.equal(expected, head_bytes), axis=1)
+    first = tf.reduce_min(tf.where(hit, tf.constant(owners, tf.int32), len(table)))
+    return tf.where(first < len(table), first, -1)
 
 
 def _is_svg(data):
@@ -84,23 +97,23 @@ def _ok(width, height, a=0, b=0):
             tf.cast(a, tf.int64), tf.cast(b, tf.int64))
 
 
-def _probe_jpeg(data, head):
+def _probe_jpeg(data, head, hb):
     shape = tf.io.extract_jpeg_shape(data, output_type=tf.int64)  # libjpeg's header read, no pixels
     return _ok(shape[1], shape[0])
 
 
-def _probe_png(data, head):
+def _probe_png(data, head, hb):
     return tf.cond(_has(head, 12, b"IHDR"),
-                   lambda: _ok(read_int(data, 16, 4, False), read_int(data, 20, 4, False)),
+                   lambda: _ok(_at(hb, 16, 4, False), _at(hb, 20, 4, False)),
                    lambda: _refusal("PNG: first chunk is not IHDR"))
 
 
-def _probe_bmp(data, head):
-    dib = read_int(data, 14, 4, True)
-    width, height = read_int(data, 18, 4, True), read_int(data, 22, 4, True)
+def _probe_bmp(data, head, hb):
+    dib = _at(hb, 14, 4, True)
+    width, height = _at(hb, 18, 4, True), _at(hb, 22, 4, True)
     width = tf.where(width >= 2 ** 31, width - 2 ** 32, width)
     height = tf.abs(tf.where(height >= 2 ** 31, height - 2 ** 32, height))  # < 0: top-down rows
-    bits, compression = read_int(data, 28, 2, True), read_int(data, 30, 4, True)
+    bits, compression = _at(hb, 28, 2, True), _at(hb, 30, 4, True)
     supported = tf.logical_and(tf.reduce_any(tf.equal(bits, rules.BMP_BITS)), compression == 0)
     return tf.case([
         (dib < rules.BMP_MIN_INFO_HEADER, lambda: _refusal(tf.strings.format(
@@ -111,10 +124,10 @@ def _probe_bmp(data, head):
         default=lambda: _ok(width, height), exclusive=False)
 
 
-def _gif_walk(data):
+def _gif_walk(data, hb):
     """checks.gif_first_frame in graph ops: (state, end, x, y, w, h, descriptor offset); state 3 = found."""
     n = byte_length(data)
-    flags = read_int(data, 10, 1, True)
+    flags = hb[10]
     start = 13 + tf.where(flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), 0)
     top, ext, img, done, fail = 0, 1, 2, 3, 4
 
@@ -151,10 +164,10 @@ def _gif_walk(data):
                          maximum_iterations=rules.GIF_MAX_STEPS)
 
 
-def _probe_gif(data, head):
-    state, end, x, y, w, h, desc_at = _gif_walk(data)
+def _probe_gif(data, head, hb):
+    state, end, x, y, w, h, desc_at = _gif_walk(data, hb)
     found = tf.logical_and(tf.logical_and(state == 3, end <= byte_length(data)), w * h > 0)
-    screen_w, screen_h = read_int(data, 6, 2, True), read_int(data, 8, 2, True)
+    screen_w, screen_h = _at(hb, 6, 2, True), _at(hb, 8, 2, True)
     return tf.cond(found,
                    lambda: _ok(tf.maximum(screen_w, x + w), tf.maximum(screen_h, y + h), end, desc_at),
                    lambda: _refusal("GIF: no complete first frame (truncated, unknown block, or data "
@@ -177,21 +190,21 @@ def _first_anmf(data):
     return found
 
 
-def _probe_webp(data, head):
+def _probe_webp(data, head, hb):
     def vp8():
         return tf.cond(_has(head, 23, b"\x9d\x01\x2a"),
-                       lambda: _ok(read_int(data, 26, 2, True) % 16384, read_int(data, 28, 2, True) % 16384, -1),
+                       lambda: _ok(_at(hb, 26, 2, True) % 16384, _at(hb, 28, 2, True) % 16384, -1),
                        lambda: _refusal("WebP: VP8 frame without its start code"))
 
     def vp8l():
-        bits = read_int(data, 21, 4, True)
-        return tf.cond(read_int(data, 20, 1, True) == 0x2F,
+        bits = _at(hb, 21, 4, True)
+        return tf.cond(hb[20] == 0x2F,
                        lambda: _ok(bits % 16384 + 1, (bits // 16384) % 16384 + 1, -1),
                        lambda: _refusal("WebP: VP8L bitstream without its signature"))
 
     def vp8x():
-        width, height = read_int(data, 24, 3, True) + 1, read_int(data, 27, 3, True) + 1
-        animated = tf.bitwise.bitwise_and(read_int(data, 20, 1, True), 2) > 0
+        width, height = _at(hb, 24, 3, True) + 1, _at(hb, 27, 3, True) + 1
+        animated = tf.bitwise.bitwise_and(hb[20], 2) > 0
         anmf = tf.cond(animated, lambda: _first_anmf(data), lambda: tf.constant(-1, tf.int64))
         return tf.cond(tf.logical_and(animated, anmf < 0),
                        lambda: _refusal(f"WebP: animation without a frame in its first {rules.WEBP_MAX_CHUNKS} chunks"),
@@ -203,8 +216,8 @@ def _probe_webp(data, head):
                    default=lambda: _refusal("WebP: first chunk is not VP8, VP8L or VP8X"), exclusive=False)
 
 
-def _probe_other(data, head):
-    refused = _sniff(head, rules.REFUSED_MAGIC)
+def _probe_other(data, head, hb):
+    refused = _sniff(hb, rules.REFUSED_MAGIC)
     names = tf.constant([rules.UNSUPPORTED.format(name) for name, _ in rules.REFUSED_MAGIC]
                         + [rules.UNSUPPORTED.format("SVG"), rules.NOT_AN_IMAGE])
     index = tf.where(refused >= 0, refused,
@@ -216,11 +229,12 @@ def header(data):
     """(ok, message, format index, width, height, aux, aux2) from the header alone, no cap."""
     data = tf.convert_to_tensor(data, tf.string)
     head = tf.strings.join([tf.strings.substr(data, 0, _HEAD), b"\0" * _HEAD])  # fixed reads never fail
-    fmt = _sniff(head, rules.MAGIC)
+    hb = tf.cast(tf.io.decode_raw(head, tf.uint8, fixed_length=_HEAD), tf.int64)
+    fmt = _sniff(hb, rules.MAGIC)
     branches = [_probe_jpeg, _probe_png, _probe_gif, _probe_bmp, _probe_webp, _probe_other]
     ok, message, width, height, aux, aux2 = tf.switch_case(
         tf.where(fmt >= 0, fmt, len(branches) - 1),
-        [lambda f=f: f(data, head) for f in branches])
+        [lambda f=f: f(data, head, hb) for f in branches])
     sized = tf.minimum(width, height) > 0
     message = tf.where(tf.logical_and(ok, tf.logical_not(sized)),
                        tf.strings.format("header says {}x{}", (width, height)), message)
@@ -229,20 +243,42 @@ def header(data):
             fmt, width, height, aux, aux2)
 
 
-def probe(data, max_pixels=MAX_PIXELS):
-    """What the header says, without decoding: (ok, message, format index, width, height, aux, aux2).
+def jpeg_scale(width, height, min_size):
+    """libjpeg's scale denominator for a JPEG of ``width`` x ``height`` going to a model that
+    sees ``min_size`` pixels a side: the largest of 1, 2, 4, 8 whose decode (ceil(side / d), as
+    libjpeg sizes its output) keeps the short side >= ``min_size``. 1 when ``min_size`` is None."""
+    scale = tf.constant(1, tf.int64)
+    if min_size is None:
+        return scale
+    short = tf.minimum(width, height)
+    for d in JPEG_SCALES[1:]:
+        scale = tf.where((short + d - 1) // d >= min_size, tf.constant(d, tf.int64), scale)
+    return scale
+
+
+def probe(data, max_pixels=MAX_PIXELS, min_size=None):
+    """What the header says, without decoding: (ok, message, format index, width, height, aux,
+    aux2, scale).
 
     ``ok`` is False for empty, unknown, refused, malformed or over-the-cap input, with
     ``message`` saying why. Width and height are the STORED ones (canvas for GIF and animated
     WebP). ``aux`` is the end of a GIF's first frame or the offset of an animated WebP's first
     ANMF chunk (-1 for a still); ``aux2`` is the offset of a GIF's first image descriptor.
+    ``scale`` is the JPEG decode's denominator for a model input of ``min_size`` (``jpeg_scale``;
+    1 for every other format): the pixel cap applies to what is decoded, ceil(side / scale).
     """
     ok, message, fmt, width, height, aux, aux2 = header(data)
-    # width * height > max_pixels, without the product (two 32-bit PNG sides overflow int64).
-    over = tf.logical_and(ok, width > max_pixels // tf.maximum(height, 1))
-    message = tf.where(over, tf.strings.format("image is {}x{} pixels, over the pixel cap of {}",
-                                               (width, height, max_pixels)), message)
-    return tf.logical_and(ok, tf.logical_not(over)), message, fmt, width, height, aux, aux2
+    scale = tf.where(fmt == _JPEG, jpeg_scale(width, height, min_size), 1)
+    w, h = (width + scale - 1) // scale, (height + scale - 1) // scale
+    # w * h > max_pixels, without the product (two 32-bit PNG sides overflow int64).
+    over = tf.logical_and(ok, w > max_pixels // tf.maximum(h, 1))
+    text = tf.strings.format("image is {}x{} pixels, over the pixel cap of {}", (width, height, max_pixels))
+    if min_size is not None:
+        text = tf.where(scale > 1, tf.strings.format(
+            "image is {}x{} pixels ({}x{} decoded at 1/{}), over the pixel cap of {}",
+            (width, height, w, h, scale, max_pixels)), text)
+    message = tf.where(over, text, message)
+    return tf.logical_and(ok, tf.logical_not(over)), message, fmt, width, height, aux, aux2, scale
 
 
 def header_size(data):
@@ -277,41 +313,67 @@ def _tiff_orientation(data, tiff, end):
                    default=lambda: tf.constant(1, tf.int64), exclusive=True)
 
 
-def _exif_block(data, fmt):
-    """(start of the TIFF structure, its end, found) of the first valid EXIF block."""
-    n = byte_length(data)
-    marker = {_JPEG: b"Exif\x00\x00", _PNG: b"eXIf", _WEBP: b"EXIF"}
-    sep = tf.gather(tf.constant([marker.get(i, b"\x00") for i in range(len(rules.FORMATS))]), fmt)
-    pieces = tf.strings.split(data, sep, maxsplit=_EXIF_CANDIDATES)
+def _read_many(data, positions, length):
+    """``length`` bytes of ``data`` at each of ``positions`` ([K] int64) -> [K, length] int64."""
+    positions = tf.clip_by_value(positions, 0, byte_length(data))
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(data, positions, tf.fill(tf.shape(positions), tf.constant(length, tf.int64))),
+                                    tf.uint8, fixed_length=length), tf.int64)
+
+
+def _occurrences(data, marker):
+    """Offsets of the first _EXIF_CANDIDATES occurrences of ``marker`` in ``data``, -1 past them."""
+    pieces = tf.strings.split(data, marker, maxsplit=_EXIF_CANDIDATES)
     lengths = tf.cast(tf.strings.length(pieces[:-1]), tf.int64)
-    positions = tf.math.cumsum(lengths) + tf.range(tf.size(lengths, out_type=tf.int64)) * tf.cast(
-        tf.strings.length(sep), tf.int64)
-    positions = tf.concat([positions, tf.fill([_EXIF_CANDIDATES], tf.constant(-1, tf.int64))], 0)
-    zero, no = tf.constant(0, tf.int64), tf.constant(False)
-    best = (zero, zero, no)
-    for i in reversed(range(_EXIF_CANDIDATES)):  # where each candidate's TIFF structure would be
-        p = positions[i]
-        jpeg_len, png_len, webp_len = read_int(data, p - 2, 2, False), read_int(data, p - 4, 4, False), read_int(data, p + 4, 4, True)
-        jpeg = (p >= 6) & (read_int(data, p - 4, 2, False) == 0xFFE1) & (jpeg_len >= 8)  # APP1 "Exif\0\0"
-        png = p >= 12                                                                # eXIf chunk
-        webp = (p >= 30) & (tf.strings.substr(data, 12, 4) == b"VP8X")              # EXIF chunk
-        prefixed = tf.strings.substr(data, tf.clip_by_value(p + 8, zero, n), 6) == b"Exif\x00\x00"
-        webp_start = p + 8 + tf.where(prefixed, tf.constant(6, tf.int64), zero)
-        start = tf.gather(tf.stack([p + 6, p + 4, zero, zero, webp_start]), fmt)
-        end = tf.gather(tf.stack([p - 2 + jpeg_len, p + 4 + png_len, zero, zero, p + 8 + webp_len]), fmt)
-        valid = tf.gather(tf.stack([jpeg, png, no, no, webp]), fmt)
-        valid = valid & (p >= 0) & (end <= n) & (start + 8 <= end)
-        best = tuple(tf.where(valid, x, y) for x, y in zip((start, end, valid), best))
-    return best
+    positions = tf.math.cumsum(lengths) + tf.range(tf.size(lengths, out_type=tf.int64)) * len(marker)
+    return tf.concat([positions, tf.fill([_EXIF_CANDIDATES], tf.constant(-1, tf.int64))], 0)[:_EXIF_CANDIDATES]
+
+
+def _first_valid(data, start, end, valid):
+    """(data, start, end, found) of the first candidate that is valid and fits in ``data``."""
+    valid = valid & (end <= byte_length(data)) & (start + 8 <= end)
+    first = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
+    return data, start[first], end[first], tf.reduce_any(valid)
+
+
+def _jpeg_exif(data):
+    """An APP1 segment "Exif\0\0" within the first _EXIF_WINDOW bytes: EXIF follows the
+    start of image (after at most a JFIF APP0), so the pixels are never scanned."""
+    window = tf.strings.substr(data, 0, _EXIF_WINDOW)
+    p = _occurrences(window, b"Exif\x00\x00")
+    raw = _read_many(window, p - 4, 4)
+    marker, length = _ints(raw[:, 0:2], False), _ints(raw[:, 2:4], False)
+    return _first_valid(window, p + 6, p - 2 + length, (p >= 6) & (marker == 0xFFE1) & (length >= 8))
+
+
+def _png_exif(data):
+    """An eXIf chunk anywhere (it may follow the image data)."""
+    p = _occurrences(data, b"eXIf")
+    length = _ints(_read_many(data, p - 4, 4), False)
+    return _first_valid(data, p + 4, p + 4 + length, p >= 12)
+
+
+def _webp_exif(data):
+    """An EXIF chunk of an extended (VP8X) WebP; by the format it follows the image data."""
+    p = _occurrences(data, b"EXIF")
+    length = _ints(_read_many(data, p + 4, 4), True)
+    prefixed = tf.strings.substr(data, tf.clip_by_value(p + 8, 0, byte_length(data)),
+                                 tf.fill(tf.shape(p), tf.constant(6, tf.int64))) == b"Exif\x00\x00"
+    extended = tf.strings.substr(data, 12, 4) == b"VP8X"
+    return _first_valid(data, p + 8 + tf.where(prefixed, tf.constant(6, tf.int64), 0), p + 8 + length,
+                        (p >= 30) & extended)
 
 
 def orientation(data, fmt):
     """EXIF orientation 1-8 of an encoded image in format ``fmt`` (a ``rules.FORMATS`` index);
     1 when there is no EXIF block, no tag, or anything inconsistent."""
-    if_exif = tf.reduce_any(tf.equal(fmt, [_JPEG, _PNG, _WEBP]))
+    zero = tf.constant(0, tf.int64)
 
-    def read():
-        tiff, end, found = _exif_block(data, fmt)
-        return tf.cond(found, lambda: _tiff_orientation(data, tiff, end), lambda: tf.constant(1, tf.int64))
+    def none():
+        return data, zero, zero, tf.constant(False)
 
-    return tf.cond(if_exif, read, lambda: tf.constant(1, tf.int64))
+    readers = {_JPEG: _jpeg_exif, _PNG: _png_exif, _WEBP: _webp_exif}
+    source, tiff, end, found = tf.switch_case(
+        tf.cast(fmt, tf.int32),
+        [lambda i=i: readers[i](data) if i in readers else none() for i in range(len(rules.FORMATS))],
+        default=none)
+    return tf.cond(found, lambda: _tiff_orientation(source, tiff, end), lambda: tf.constant(1, tf.int64))

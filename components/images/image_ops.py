@@ -29,7 +29,8 @@ Refused or undecodable bytes raise InvalidArgumentError, whose message says why.
 """
 import tensorflow as tf
 
-from components.images.image_header import MAX_PIXELS, byte_length, header, int_bytes, orientation, probe, read_int
+from components.images.image_header import (JPEG_SCALES, MAX_PIXELS, byte_length, header, int_bytes, orientation,
+                                            probe, read_int)
 
 RESIZE_MODES = ("pad", "squash")
 
@@ -37,12 +38,13 @@ RESIZE_MODES = ("pad", "squash")
 # ------------------------------------------------------------------------------ orientation
 def apply_orientation(image, value):
     """Turns a stored (H, W, C) image upright for EXIF orientation ``value`` (1-8), as Pillow's
-    ``ImageOps.exif_transpose`` does."""
-    t = tf.image
-    return tf.switch_case(tf.cast(value, tf.int32) - 1, [
-        lambda: image, lambda: t.flip_left_right(image), lambda: t.rot90(image, 2),
-        lambda: t.flip_up_down(image), lambda: t.transpose(image), lambda: t.rot90(image, 3),
-        lambda: t.rot90(t.transpose(image), 2), lambda: t.rot90(image, 1)])
+    ``ImageOps.exif_transpose`` does: a transpose for 5-8, then a flip of the rows and/or the
+    columns. Two data-dependent permutations, no control flow (upright images pass through)."""
+    value = tf.cast(value, tf.int32)
+    transposed = tf.transpose(image, tf.where(value >= 5, [1, 0, 2], [0, 1, 2]))
+    flip_rows = tf.reduce_any(tf.equal(value, [3, 4, 7, 8]))
+    flip_columns = tf.reduce_any(tf.equal(value, [2, 3, 6, 7]))
+    return tf.reverse(transposed, tf.boolean_mask([0, 1], tf.stack([flip_rows, flip_columns])))
 
 
 # ------------------------------------------------------------------------------ decoding
@@ -103,40 +105,53 @@ def _decode_webp(data, width, height, anmf):
     return tf.cond(anmf >= 0, first_frame, still)
 
 
-def _decode_checked(data, fmt, width, height, aux, aux2):
+def _decode_stored(data, fmt, width, height, aux, aux2, scale):
+    """The accepted image as stored (before the EXIF orientation), a JPEG at 1/``scale``."""
     def generic():
         return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
 
-    def jpeg():  # the accurate IDCT: the same pixels as Pillow's libjpeg-turbo (the default is the fast one)
-        return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+    def jpeg_at(ratio):  # the accurate IDCT: the same pixels as Pillow's libjpeg-turbo (the default is the fast one)
+        return lambda: tf.io.decode_jpeg(data, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE")
+
+    def jpeg():
+        index = tf.reduce_sum(tf.cast(scale > JPEG_SCALES[:-1], tf.int32))  # 1, 2, 4, 8 -> 0-3
+        return tf.switch_case(index, [jpeg_at(d) for d in JPEG_SCALES])
 
     image = tf.switch_case(tf.cast(fmt, tf.int32), [
         jpeg, generic, lambda: _decode_gif(data, width, height, aux, aux2), generic,
         lambda: _decode_webp(data, width, height, aux)])
     image.set_shape([None, None, 3])
-    return apply_orientation(image, orientation(data, fmt))
+    return image
 
 
-def decode_rgb(data, max_pixels=MAX_PIXELS):
+def _refused(ok, message, shape, dtype):
+    with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
+        return tf.zeros(shape, dtype)
+
+
+def decode_rgb(data, max_pixels=MAX_PIXELS, min_size=None):
     """One encoded image (scalar string) -> upright (H, W, 3) uint8 RGB.
+
+    Args:
+      min_size: the side the image will be resized to, if known: a JPEG whose short side is
+        at least twice that is decoded at a reduced scale (``image_header.jpeg_scale``), and
+        the pixel cap applies to the pixels decoded. None: full size.
 
     Raises InvalidArgumentError (the probe's reason, or the decoder's) for empty, unknown,
     refused, truncated or over-the-cap input; over-the-cap input is never decoded.
     """
     data = tf.convert_to_tensor(data, tf.string)
-    ok, message, fmt, width, height, aux, aux2 = probe(data, max_pixels)
-
-    def refuse():
-        with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
-            return tf.zeros([0, 0, 3], tf.uint8)
-
-    image = tf.cond(ok, lambda: _decode_checked(data, fmt, width, height, aux, aux2), refuse)
+    ok, message, fmt, width, height, aux, aux2, scale = probe(data, max_pixels, min_size)
+    image = tf.cond(ok, lambda: apply_orientation(_decode_stored(data, fmt, width, height, aux, aux2, scale),
+                                                  orientation(data, fmt)),
+                    lambda: _refused(ok, message, [0, 0, 3], tf.uint8))
     image.set_shape([None, None, 3])
     return image
 
 
 def upright_size(data):
-    """(width, height) of the decoded, upright image (header dims, swapped for EXIF 5-8)."""
+    """(width, height) of the decoded, upright image at full size (header dims, swapped for
+    EXIF 5-8)."""
     ok, _, fmt, width, height, _, _ = header(data)
     swap = orientation(data, tf.maximum(fmt, 0)) >= 5
     return tf.where(swap, height, width), tf.where(swap, width, height)
@@ -145,13 +160,25 @@ def upright_size(data):
 _EAGER = {}
 
 
-def decode_eager(data: bytes, max_pixels: int = MAX_PIXELS):
+def decode_eager(data: bytes, max_pixels: int = MAX_PIXELS, min_size=None):
     """decode_rgb on one byte string, outside any graph (ingestion's check, tests): a numpy
-    array, or tf.errors.InvalidArgumentError. The traced function is cached per cap."""
-    if max_pixels not in _EAGER:
-        _EAGER[max_pixels] = tf.function(lambda d: decode_rgb(d, max_pixels), autograph=False,
-                                         input_signature=[tf.TensorSpec([], tf.string)])
-    return _EAGER[max_pixels](tf.constant(data, tf.string)).numpy()
+    array, or tf.errors.InvalidArgumentError. The traced function is cached per cap and size."""
+    key = (max_pixels, min_size)
+    if key not in _EAGER:
+        _EAGER[key] = tf.function(lambda d: decode_rgb(d, max_pixels, min_size), autograph=False,
+                                  input_signature=[tf.TensorSpec([], tf.string)])
+    return _EAGER[key](tf.constant(data, tf.string)).numpy()
+
+
+def _fit(height, width, size):
+    """Where tf.image.resize_with_pad puts a height x width image in a size x size frame:
+    (resized height, resized width, top, left), with TF's own float32 arithmetic."""
+    h, w, s = (tf.cast(v, tf.float32) for v in (height, width, size))
+    ratio = tf.maximum(w / s, h / s)
+    rh, rw = h / ratio, w / ratio
+    top = tf.maximum(0, tf.cast(tf.floor((s - rh) / 2), tf.int32))
+    left = tf.maximum(0, tf.cast(tf.floor((s - rw) / 2), tf.int32))
+    return tf.cast(tf.floor(rh), tf.int32), tf.cast(tf.floor(rw), tf.int32), top, left
 
 
 def resize(image, size, mode="pad"):
@@ -160,18 +187,47 @@ def resize(image, size, mode="pad"):
     Args:
       mode: "pad" keeps the aspect ratio and pads with black; "squash" stretches to a square.
     """
-    image = tf.cast(image, tf.float32)
-    if mode == "pad":
-        out = tf.image.resize_with_pad(image, size, size, method="bilinear", antialias=True)
-    elif mode == "squash":
-        out = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
-    else:
+    return _resize_oriented(image, tf.constant(1), size, mode)
+
+
+def _resize_oriented(stored, value, size, mode):
+    """``resize(apply_orientation(stored, value), size, mode)``, with the resize done first in
+    the stored orientation (on the large image) and the orientation on the small one: a
+    transpose and flips commute with a separable resize, so only the float rounding differs."""
+    if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, not {mode!r}")
-    return tf.clip_by_value(out, 0.0, 255.0)
+    swap = tf.cast(value, tf.int32) >= 5
+    shape = tf.shape(stored)
+    height, width = tf.where(swap, shape[1], shape[0]), tf.where(swap, shape[0], shape[1])  # upright
+    if mode == "pad":
+        rh, rw, top, left = _fit(height, width, size)
+    else:
+        rh = rw = tf.constant(size)
+        top = left = tf.constant(0)
+    target = tf.where(swap, tf.stack([rw, rh]), tf.stack([rh, rw]))
+    small = tf.image.resize(tf.cast(stored, tf.float32), target, method="bilinear", antialias=True)
+    small = apply_orientation(small, value)
+    if mode == "pad":
+        # The flips move an odd padding pixel: pad after orienting, where resize_with_pad pads.
+        small = tf.pad(small, [[top, size - top - rh], [left, size - left - rw], [0, 0]])
+    small = tf.ensure_shape(small, [size, size, 3])
+    return tf.clip_by_value(small, 0.0, 255.0)
+
+
+def decode_resized(data, size, mode="pad", max_pixels=MAX_PIXELS):
+    """One encoded image -> (size, size, 3) float32: ``resize(decode_rgb(data), size, mode)``,
+    cheaper. A JPEG is decoded at the largest reduced scale that keeps its short side >= size
+    (``image_header.jpeg_scale``; the pixel cap applies to what is decoded); the resize runs
+    in the stored orientation and the EXIF orientation on the resized image."""
+    data = tf.convert_to_tensor(data, tf.string)
+    ok, message, fmt, width, height, aux, aux2, scale = probe(data, max_pixels, size)
+    return tf.cond(ok, lambda: _resize_oriented(_decode_stored(data, fmt, width, height, aux, aux2, scale),
+                                                orientation(data, fmt), size, mode),
+                   lambda: _refused(ok, message, [size, size, 3], tf.float32))
 
 
 def decode_batch(images, size, mode="pad", max_pixels=MAX_PIXELS):
     """A [B] (or [B, 1]) string tensor of encoded images -> (B, size, size, 3) float32."""
     flat = tf.reshape(images, [-1])
-    return tf.map_fn(lambda b: resize(decode_rgb(b, max_pixels), size, mode), flat,
+    return tf.map_fn(lambda b: decode_resized(b, size, mode, max_pixels), flat,
                      fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
