@@ -86,6 +86,7 @@ def create_pipeline(config: PipelineConfig, *, data: str, pipeline_root: str, se
         raise ValueError("a gallery needs gallery_index_dir: where the pushed indexes go")
     example_gen = ImageExampleGen(input_base=data, eval_fraction=config.eval_fraction,
                                   max_bytes=config.max_bytes, max_pixels=config.max_pixels,
+                                  decode_size=config.model.image_size,
                                   fingerprint_max_files=config.fingerprint_max_files)
     statistics = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema = tfx.components.ImportSchemaGen(schema_file=schema_file)

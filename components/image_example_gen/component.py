@@ -54,6 +54,7 @@ class ImageExampleGen(base_beam_component.BaseBeamComponent):
                  eval_fraction: float = s.DEFAULT_EVAL_FRACTION,
                  max_bytes: int = s.DEFAULT_MAX_BYTES,
                  max_pixels: int = s.DEFAULT_MAX_PIXELS,
+                 decode_size: Optional[int] = None,
                  split_salt: str = s.DEFAULT_SPLIT_SALT,
                  input_fingerprint: Optional[str] = None,
                  fingerprint_max_files: Optional[int] = inputs.DEFAULT_FINGERPRINT_MAX_FILES):
@@ -68,7 +69,11 @@ class ImageExampleGen(base_beam_component.BaseBeamComponent):
             absolute, or a URI (default: the CSV's stem, ``train.csv`` -> ``train/``).
           eval_fraction: share of LABELS held out for eval, strictly between 0 and 1.
           max_bytes: larger files are refused without being read.
-          max_pixels: images whose header claims more pixels are refused before decoding.
+          max_pixels: images whose header claims more pixels are refused before decoding
+            (for a JPEG: more pixels at the reduced scale it is decoded at, see decode_size).
+          decode_size: the model's input size (pixels a side): a JPEG whose short side is at
+            least twice that is checked as the Transform decodes it, at 1/2, 1/4 or 1/8
+            (``components.images.rules.JPEG_SCALES``). None: every image at full size.
           split_salt: mixed into the label hash; change it for another train/eval split.
           input_fingerprint: a digest of the input files (computed for local inputs when None).
           fingerprint_max_files: above this many files no fingerprint is computed (None: no
@@ -86,6 +91,7 @@ class ImageExampleGen(base_beam_component.BaseBeamComponent):
             eval_fraction=eval_fraction,
             max_bytes=max_bytes,
             max_pixels=max_pixels,
+            decode_size=decode_size,
             split_salt=split_salt,
             input_fingerprint=(inputs.fingerprint(input_base, images_subdir, fingerprint_max_files)
                                if input_fingerprint is None and isinstance(input_base, str)

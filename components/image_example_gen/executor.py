@@ -78,15 +78,16 @@ def make_example(image: bytes, image_id: str, label: str, info: checks.ImageInfo
 class _InspectFile(beam.DoFn):
     """Reads and checks one candidate; emits an example or, on the side, a rejection."""
 
-    def __init__(self, max_bytes: int, max_pixels: int):
-        self._max_bytes, self._max_pixels = max_bytes, max_pixels
+    def __init__(self, max_bytes: int, max_pixels: int, decode_size: Optional[int] = None):
+        self._max_bytes, self._max_pixels, self._decode_size = max_bytes, max_pixels, decode_size
         self._accepted = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, "accepted")
         self._rejected = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, "rejected")
 
     def process(self, c: inputs.Candidate):
         try:
             data = inputs.read_candidate(c, self._max_bytes)
-            info = checks.inspect_image(data, self._max_bytes, self._max_pixels, tf_check=True)
+            info = checks.inspect_image(data, self._max_bytes, self._max_pixels, tf_check=True,
+                                        min_size=self._decode_size)
         except checks.Rejected as r:
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(_REJECTED_TAG, {
@@ -219,7 +220,7 @@ def _finish(_, examples_uri: str, report_uri: str, header: dict[str, Any], files
 
 def build_ingestion(p: beam.Pipeline, input_base: str, images_subdir: Optional[str], examples_uri: str,
                     report_uri: str, eval_fraction: float, max_bytes: int, max_pixels: int,
-                    salt: str) -> None:
+                    salt: str, decode_size: Optional[int] = None) -> None:
     """Adds the whole ingestion to ``p``: listing, checks, splits, TFRecords and the report.
 
     Applying it reads only the manifest's header (to fail early on missing columns); the
@@ -231,10 +232,10 @@ def build_ingestion(p: beam.Pipeline, input_base: str, images_subdir: Optional[s
         "input_base": input_base, "layout": "manifest" if manifest else "folder",
         "image_root": inputs.image_root(input_base, images_subdir),
         "settings": {"eval_fraction": eval_fraction, "max_bytes": max_bytes,
-                     "max_pixels": max_pixels, "split_salt": salt},
+                     "max_pixels": max_pixels, "decode_size": decode_size, "split_salt": salt},
     }
     candidates = p | "ListCandidates" >> listing.ListCandidates(input_base, images_subdir)
-    inspected = candidates | "InspectFiles" >> beam.ParDo(_InspectFile(max_bytes, max_pixels)).with_outputs(
+    inspected = candidates | "InspectFiles" >> beam.ParDo(_InspectFile(max_bytes, max_pixels, decode_size)).with_outputs(
         _REJECTED_TAG, main="accepted")
     accepted, rejected = inspected.accepted, inspected[_REJECTED_TAG]
     rule = (accepted
@@ -308,7 +309,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
           output_dict: ``examples`` (one Examples artifact: splits train and eval) and
             ``report`` (one IngestionReport artifact: rejected.jsonl and summary.json).
           exec_properties: ``input_base`` (required), ``images_subdir``, ``eval_fraction``,
-            ``max_bytes``, ``max_pixels``, ``split_salt`` (see ImageExampleGen).
+            ``max_bytes``, ``max_pixels``, ``decode_size``, ``split_salt`` (see ImageExampleGen).
 
         Raises:
           ValueError: a setting is out of range.
@@ -321,6 +322,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         max_bytes = int(_get(exec_properties, s.MAX_BYTES_KEY, s.DEFAULT_MAX_BYTES))
         max_pixels = int(_get(exec_properties, s.MAX_PIXELS_KEY, s.DEFAULT_MAX_PIXELS))
         salt = str(_get(exec_properties, s.SPLIT_SALT_KEY, s.DEFAULT_SPLIT_SALT))
+        decode_size = _get(exec_properties, s.DECODE_SIZE_KEY, None)
+        decode_size = int(decode_size) if decode_size else None
         splits.eval_threshold(eval_fraction)  # fail on a bad fraction before any work
         if max_bytes <= 0 or max_pixels <= 0:
             raise ValueError(f"max_bytes and max_pixels must be positive, got {max_bytes}, {max_pixels}")
@@ -333,7 +336,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
         with self._make_beam_pipeline() as p:
             build_ingestion(p, input_base, images_subdir, examples.uri, report.uri,
-                            eval_fraction, max_bytes, max_pixels, salt)
+                            eval_fraction, max_bytes, max_pixels, salt, decode_size)
 
         with fileio.open(os.path.join(report.uri, s.SUMMARY_FILE)) as f:
             summary = json.loads(f.read())

@@ -18,6 +18,7 @@ IMAGES_SUBDIR_KEY = "images_subdir"
 EVAL_FRACTION_KEY = "eval_fraction"
 MAX_BYTES_KEY = "max_bytes"
 MAX_PIXELS_KEY = "max_pixels"
+DECODE_SIZE_KEY = "decode_size"
 SPLIT_SALT_KEY = "split_salt"
 INPUT_FINGERPRINT_KEY = "input_fingerprint"
 
@@ -51,6 +52,7 @@ class ImageExampleGenSpec(types.ComponentSpec):
         EVAL_FRACTION_KEY: ExecutionParameter(type=float, optional=True),
         MAX_BYTES_KEY: ExecutionParameter(type=int, optional=True),
         MAX_PIXELS_KEY: ExecutionParameter(type=int, optional=True),
+        DECODE_SIZE_KEY: ExecutionParameter(type=int, optional=True),
         SPLIT_SALT_KEY: ExecutionParameter(type=str, optional=True),
         # Not read by the executor: a digest of the input files, so that TFX's cache (keyed on
         # exec properties) reruns ingestion when images are added, removed or changed.

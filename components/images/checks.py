@@ -50,7 +50,7 @@ from PIL import Image
 
 from components.images.rules import (BMP_BITS, BMP_MIN_INFO_HEADER, FORMATS, GIF_MAX_RUN, GIF_MAX_STEPS,
                                      MAGIC, NOT_AN_IMAGE, REFUSED_MAGIC, SVG_WINDOW, UNSUPPORTED,
-                                     WEBP_MAX_CHUNKS)
+                                     WEBP_MAX_CHUNKS, decoded_size)
 
 _PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); C4 (DHT),
@@ -294,21 +294,26 @@ def header_size(fmt: str, data: bytes) -> tuple[int, int]:
     return width, height
 
 
-def _pixel_cap(fmt, width, height, max_pixels, source):
-    if width * height > max_pixels:
-        raise Rejected("too_many_pixels",
-                       f"{source} says {width}x{height} = {width * height} pixels > max_pixels {max_pixels}",
-                       fmt, width, height)
+def _pixel_cap(fmt, width, height, max_pixels, source, min_size=None):
+    w, h = decoded_size(fmt, width, height, min_size)
+    if w * h > max_pixels:
+        scaled = f" (decoded at {w}x{h})" if (w, h) != (width, height) else ""
+        raise Rejected("too_many_pixels", f"{source} says {width}x{height}{scaled} = {w * h} pixels > "
+                       f"max_pixels {max_pixels}", fmt, width, height)
 
 
-def inspect_image(data: bytes, max_bytes: int, max_pixels: int, tf_check: bool = False) -> ImageInfo:
+def inspect_image(data: bytes, max_bytes: int, max_pixels: int, tf_check: bool = False,
+                  min_size: Optional[int] = None) -> ImageInfo:
     """Validates one encoded image (see the module docstring for the order of checks).
 
     Args:
       data: the file's bytes.
       max_bytes: largest accepted file size in bytes.
-      max_pixels: largest accepted width * height, checked from the header before decoding.
+      max_pixels: largest accepted width * height, checked from the header before decoding;
+        for a JPEG, of the pixels decoded at its reduced scale (``rules.decoded_size``).
       tf_check: also run the graph decoder (``components.images.image_ops``; imports TensorFlow).
+      min_size: the model's input size (pixels a side), which sets a JPEG's reduced decode
+        scale as in the Transform and serving; None: full size.
 
     Returns:
       ImageInfo with the sniffed format, stored width and height and EXIF orientation.
@@ -327,19 +332,22 @@ def inspect_image(data: bytes, max_bytes: int, max_pixels: int, tf_check: bool =
             raise Rejected("unsupported_format", UNSUPPORTED.format(name))
         raise Rejected("not_an_image", f"content starts with {data[:8].hex(' ')}: {NOT_AN_IMAGE}")
     width, height = header_size(fmt, data)
-    _pixel_cap(fmt, width, height, max_pixels, "header")  # before any decoder sees the bytes
+    _pixel_cap(fmt, width, height, max_pixels, "header", min_size)  # before any decoder sees the bytes
     if tf_check:  # the graph decoder decides (see the module docstring); Pillow only reports
-        _graph_decode(data, fmt, width, height, max_pixels)
+        _graph_decode(data, fmt, width, height, max_pixels, min_size)
         return ImageInfo(fmt, width, height, _pillow_orientation(data))
     try:
         # formats=[...]: Pillow must read it as the format the magic bytes claim, nothing else.
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[fmt]]) as im:
             if im.size != (width, height):  # Pillow's header parse; compared, not trusted blindly
-                _pixel_cap(fmt, *im.size, max_pixels, "Pillow's header parse")
+                _pixel_cap(fmt, *im.size, max_pixels, "Pillow's header parse", min_size)
                 raise Rejected("bad_header", f"Pillow reads {im.size[0]}x{im.size[1]}, the header "
                                f"says {width}x{height}", fmt, width, height)
             # Only the first frame: that is what the graph decoder takes, and decoding every
-            # frame of a long GIF would be a bomb of its own.
+            # frame of a long GIF would be a bomb of its own. A JPEG at libjpeg's reduced scale,
+            # as the graph decodes it (Pillow's draft picks the scale from the size asked for).
+            if fmt == "jpeg" and min_size is not None:
+                im.draft("RGB", decoded_size(fmt, width, height, min_size))
             im.load()
             if fmt == "png" and _PNG_END not in data:
                 raise Rejected("decode_failed", "PNG: no complete IEND chunk at the end", fmt, width, height)
@@ -371,19 +379,20 @@ def _pillow_orientation(data: bytes) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def _graph_decode(data: bytes, fmt: str, width: int, height: int, max_pixels: int) -> None:
+def _graph_decode(data: bytes, fmt: str, width: int, height: int, max_pixels: int, min_size=None) -> None:
     """Runs the graph decoder the Transform and serving use; its refusal is ours too."""
     import tensorflow as tf  # lazily: the plain-Python path (CLI scans) should not pay for it
 
     from components.images import image_ops
 
     try:
-        shape = image_ops.decode_eager(data, max_pixels).shape[:2]
+        shape = image_ops.decode_eager(data, max_pixels, min_size).shape[:2]
     except tf.errors.OpError as e:
         # Drop TF's "{{function_node ...}}" prefix and "[Op:...]" suffix: keep the reason.
         msg = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]|\n.*", "", e.message or type(e).__name__, flags=re.S).strip()
         raise Rejected("decode_failed", f"TensorFlow: {msg}", fmt, width, height) from None
-    if sorted(shape) != sorted((height, width)):  # upright: EXIF 5-8 swap the sides
+    decoded = decoded_size(fmt, width, height, min_size)
+    if sorted(shape) != sorted(decoded):  # upright: EXIF 5-8 swap the sides
         raise Rejected("decode_failed", f"TensorFlow decoded {shape[1]}x{shape[0]}, "
-                       f"header says {width}x{height}", fmt, width, height)
+                       f"header says {width}x{height} (to decode at {decoded[0]}x{decoded[1]})", fmt, width, height)
 

@@ -10,7 +10,6 @@ from components.images import rules
 
 MAX_PIXELS = rules.DEFAULT_MAX_PIXELS
 _JPEG, _PNG, _GIF, _BMP, _WEBP = (rules.FORMATS.index(f) for f in ("jpeg", "png", "gif", "bmp", "webp"))
-JPEG_SCALES = (1, 2, 4, 8)  # the reduced sizes libjpeg decodes at almost no cost (1/d a side)
 _HEAD = 64           # bytes of the file every sniff and header read looks at
 _EXIF_CANDIDATES = 4  # occurrences of the EXIF marker examined (the first valid one wins)
 _EXIF_WINDOW = 1 << 17  # JPEG: bytes searched for the EXIF APP1 segment (it is at most 64 KB)
@@ -246,12 +245,13 @@ def header(data):
 def jpeg_scale(width, height, min_size):
     """libjpeg's scale denominator for a JPEG of ``width`` x ``height`` going to a model that
     sees ``min_size`` pixels a side: the largest of 1, 2, 4, 8 whose decode (ceil(side / d), as
-    libjpeg sizes its output) keeps the short side >= ``min_size``. 1 when ``min_size`` is None."""
+    libjpeg sizes its output) keeps the short side >= ``min_size`` (``rules.decoded_size`` in
+    Python). 1 when ``min_size`` is None."""
     scale = tf.constant(1, tf.int64)
     if min_size is None:
         return scale
     short = tf.minimum(width, height)
-    for d in JPEG_SCALES[1:]:
+    for d in rules.JPEG_SCALES[1:]:
         scale = tf.where((short + d - 1) // d >= min_size, tf.constant(d, tf.int64), scale)
     return scale
 

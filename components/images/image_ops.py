@@ -29,8 +29,8 @@ Refused or undecodable bytes raise InvalidArgumentError, whose message says why.
 """
 import tensorflow as tf
 
-from components.images.image_header import (JPEG_SCALES, MAX_PIXELS, byte_length, header, int_bytes, orientation,
-                                            probe, read_int)
+from components.images.image_header import MAX_PIXELS, byte_length, header, int_bytes, orientation, probe, read_int
+from components.images.rules import JPEG_SCALES
 
 RESIZE_MODES = ("pad", "squash")
 
@@ -214,20 +214,21 @@ def _resize_oriented(stored, value, size, mode):
     return tf.clip_by_value(small, 0.0, 255.0)
 
 
-def decode_resized(data, size, mode="pad", max_pixels=MAX_PIXELS):
+def decode_resized(data, size, mode="pad", max_pixels=MAX_PIXELS, reduced_jpeg=True):
     """One encoded image -> (size, size, 3) float32: ``resize(decode_rgb(data), size, mode)``,
     cheaper. A JPEG is decoded at the largest reduced scale that keeps its short side >= size
     (``image_header.jpeg_scale``; the pixel cap applies to what is decoded); the resize runs
-    in the stored orientation and the EXIF orientation on the resized image."""
+    in the stored orientation and the EXIF orientation on the resized image. ``reduced_jpeg``
+    False: every JPEG at full size (a comparison for benchmarks; the product never passes it)."""
     data = tf.convert_to_tensor(data, tf.string)
-    ok, message, fmt, width, height, aux, aux2, scale = probe(data, max_pixels, size)
+    ok, message, fmt, width, height, aux, aux2, scale = probe(data, max_pixels, size if reduced_jpeg else None)
     return tf.cond(ok, lambda: _resize_oriented(_decode_stored(data, fmt, width, height, aux, aux2, scale),
                                                 orientation(data, fmt), size, mode),
                    lambda: _refused(ok, message, [size, size, 3], tf.float32))
 
 
-def decode_batch(images, size, mode="pad", max_pixels=MAX_PIXELS):
+def decode_batch(images, size, mode="pad", max_pixels=MAX_PIXELS, reduced_jpeg=True):
     """A [B] (or [B, 1]) string tensor of encoded images -> (B, size, size, 3) float32."""
     flat = tf.reshape(images, [-1])
-    return tf.map_fn(lambda b: decode_resized(b, size, mode, max_pixels), flat,
+    return tf.map_fn(lambda b: decode_resized(b, size, mode, max_pixels, reduced_jpeg), flat,
                      fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))

@@ -8,11 +8,16 @@ Plain constants only: importing this costs nothing.
 """
 
 # The caps. 50 MiB: far above any sane photo, far below a bomb. 40 Mpx: a 7300x5500 photo;
-# 120 MB once decoded to RGB.
+# 120 MB once decoded to RGB (for a JPEG: once decoded at its reduced scale, see JPEG_SCALES).
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 
 FORMATS = ("jpeg", "png", "gif", "bmp", "webp")
+# libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 of each side for almost nothing: the decoders take
+# the largest of these that keeps the short side >= the model's input (ceil(side / d), as
+# libjpeg sizes its output), and the pixel cap applies to what is decoded. Other formats are
+# decoded, and capped, at their stored size.
+JPEG_SCALES = (1, 2, 4, 8)
 # Magic bytes: per format, alternatives; an alternative is (offset, bytes) pairs that must
 # all match. The graph decoder builds its comparisons from these same tables.
 MAGIC = (
@@ -55,3 +60,12 @@ GIF_MAX_RUN = 4096
 # WebP: the first frame of an animation is the first ANMF chunk among the first
 # WEBP_MAX_CHUNKS chunks after VP8X (ICCP and ANIM come before it).
 WEBP_MAX_CHUNKS = 64
+
+
+def decoded_size(fmt: str, width: int, height: int, min_size=None) -> tuple[int, int]:
+    """(width, height) the decoders decode a ``fmt`` image of the stored size at, for a model
+    input of ``min_size`` pixels a side (None: full size)."""
+    scale = 1
+    if fmt == "jpeg" and min_size is not None:
+        scale = max(d for d in JPEG_SCALES if -(-min(width, height) // d) >= min_size or d == 1)
+    return -(-width // scale), -(-height // scale)
