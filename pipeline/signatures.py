@@ -7,12 +7,16 @@ attention (one image -> its local attention map over the image's pixels: `dolg-t
 Every image path goes through the Transform graph, so serving decodes exactly as training did;
 bad bytes raise InvalidArgumentError from its decoder, refused ones before any pixel is
 decoded, and EXIF-rotated photos are turned upright there (see components/images/image_ops.py).
+
+``export`` also writes TF Serving's warmup requests into ``assets.extra/`` (``pipeline/warmup.py``).
 """
+import numpy as np
 import tensorflow as tf
 
 from components.retrieval import serving_contract as contract
 from dolg_model.model import attention_model, multi_scale_embedding
 from pipeline import features as F
+from pipeline import warmup
 from components.images import image_ops
 
 
@@ -93,11 +97,31 @@ def build_signatures(dolg, tft_layer, raw_feature_spec, scales, resize_mode="pad
     }
 
 
+def _check_warmup(serve_images, logs):
+    """Runs each warmup request through ``serving_default`` as built: TF Serving refuses to load
+    a version whose warmup request fails, so a failing one must stop the export instead."""
+    for i, log in enumerate(logs):
+        count = len(log.predict_log.request.inputs[contract.IMAGES_INPUT].string_val)
+        try:
+            embedding = warmup.replay(serve_images, log)[contract.EMBEDDING_OUTPUT]
+        except tf.errors.OpError as err:
+            raise RuntimeError(f"warmup request {i} fails in {contract.IMAGES_SIGNATURE}, so TF Serving "
+                               f"would not load the model: {err.message}") from err
+        if embedding.shape[0] != count or not np.isfinite(embedding).all():
+            raise RuntimeError(f"warmup request {i}: {count} images gave an embedding of shape "
+                               f"{embedding.shape}, finite: {bool(np.isfinite(embedding).all())}")
+
+
 def export(dolg, tf_transform_output, scales, export_dir, resize_mode="pad"):
     """Saves `dolg` with its signatures to `export_dir` (a Keras SavedModel, so the network
-    also reloads with tf.keras.models.load_model for fine-tuning)."""
+    also reloads with tf.keras.models.load_model for fine-tuning), with TF Serving's warmup
+    requests in `assets.extra/` (``pipeline/warmup.py``), checked through `serving_default`
+    first and written before the save, so `saved_model.pb` stays the last file written."""
     dolg.tft_layer = tf_transform_output.transform_features_layer()
     raw_spec = tf_transform_output.raw_feature_spec()
     raw_spec.pop(F.LABEL, None)  # a serving request carries no label
     signatures = build_signatures(dolg, dolg.tft_layer, raw_spec, scales, resize_mode)
+    logs = warmup.warmup_logs()
+    _check_warmup(signatures[contract.IMAGES_SIGNATURE], logs)
+    warmup.write_warmup_file(export_dir, logs)
     dolg.save(export_dir, save_format="tf", signatures=signatures)
