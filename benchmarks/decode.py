@@ -1,0 +1,117 @@
+"""The graph decoder against the bare decoder: milliseconds per photo, side by side in one run.
+
+Each photo (made here: tests/fixtures/photos.py, with a phone's EXIF and orientation 6, so the
+project also turns it upright) goes to a 224 px model input, batch 1, in a tf.function:
+
+- project: ``image_ops.decode_batch``, what the Transform, the Trainer and serving run (probe,
+  EXIF, decode at libjpeg's reduced scale where the short side allows, resize, orient, pad);
+- project, full scale: the same with every JPEG decoded at full size (the pixels of before);
+- bare: ``tf.io.decode_jpeg`` + ``tf.image.resize`` (TF's defaults: the fast IDCT);
+- bare, same job: ``tf.io.decode_jpeg`` with the accurate IDCT + ``tf.image.resize_with_pad``
+  (the project's decode and resize, without the probe, the EXIF and the orientation).
+
+The four run interleaved, round by round, so a load change on the shared machine hits all
+alike; each cell is the median. Targets (issue 23): full scale within 1.15x of bare at 640x480
+and 1.1x at 1600x1200; the project <= 0.4x bare on a 12 MP photo; a 48 MP photo accepted
+under the default pixel cap, cheaper than bare's 12 MP.
+
+    tools/devenv.sh run python -m benchmarks.decode [--quick|--full] [--json OUT]
+"""
+import statistics
+import time
+
+from benchmarks import common
+
+SIZE = 224
+PHOTOS = ((640, 480), (1600, 1200), (4032, 3024), (8064, 6048))
+TARGETS = {(640, 480): 1.15, (1600, 1200): 1.1}
+TARGET_12MP = 0.4
+
+
+def _functions(tf, image_ops):
+    spec = [tf.TensorSpec([None], tf.string)]
+
+    def bare(b):
+        return tf.image.resize(tf.cast(tf.io.decode_jpeg(b[0], channels=3), tf.float32)[None], [SIZE, SIZE])
+
+    def bare_same(b):
+        image = tf.cast(tf.io.decode_jpeg(b[0], channels=3, dct_method="INTEGER_ACCURATE"), tf.float32)
+        return tf.image.resize_with_pad(image, SIZE, SIZE, method="bilinear", antialias=True)[None]
+
+    return {
+        "project": tf.function(lambda b: image_ops.decode_batch(b, SIZE), input_signature=spec),
+        "project, full scale": tf.function(lambda b: image_ops.decode_batch(b, SIZE, reduced_jpeg=False),
+                                           input_signature=spec),
+        "bare": tf.function(bare, input_signature=spec),
+        "bare, same job": tf.function(bare_same, input_signature=spec),
+    }
+
+
+def measure(rounds):
+    import dolg_model  # noqa: F401  (the Keras switch, before TensorFlow)
+    import tensorflow as tf
+
+    from components.images import image_ops
+
+    photo_jpeg = common.load_module(f"{common.REPO}/tests/fixtures/photos.py").photo_jpeg
+    functions = _functions(tf, image_ops)
+    rows = []
+    for width, height in PHOTOS:
+        data = photo_jpeg(width, height, orientation=6, upscale=1 if width * height < 20e6 else 4)
+        batch = tf.constant([data])
+        times = {name: [] for name in functions}
+        refused = {}
+        for name, fn in functions.items():  # trace and warm up
+            try:
+                fn(batch).numpy()
+            except tf.errors.InvalidArgumentError as e:
+                refused[name] = e.message.split("\n")[0][:80]
+        n = rounds if width * height < 20e6 else max(3, rounds // 3)
+        for _ in range(n):
+            for name, fn in functions.items():
+                if name in refused:
+                    continue
+                start = time.perf_counter()
+                fn(batch).numpy()
+                times[name].append((time.perf_counter() - start) * 1e3)
+        ms = {name: statistics.median(t) if t else None for name, t in times.items()}
+        rows.append({"photo": f"{width}x{height}", "kb": len(data) // 1024, "ms": ms, "refused": refused})
+    return rows
+
+
+def main():
+    args = common.parser(__doc__).parse_args()
+    rows = measure(15 if args.full else 5)
+    cell = lambda v: "refused" if v is None else f"{v:.1f}"  # noqa: E731
+    table, missed = [], []
+    for row in rows:
+        ms, bare = row["ms"], row["ms"]["bare"]
+        full_ratio = ms["project, full scale"] / bare if ms["project, full scale"] and bare else None
+        ratio = ms["project"] / bare if ms["project"] and bare else None
+        table.append([row["photo"], row["kb"], cell(ms["project"]), cell(ms["project, full scale"]), cell(bare),
+                      cell(ms["bare, same job"]), f"{ratio:.2f}x" if ratio else "-",
+                      f"{full_ratio:.2f}x" if full_ratio else "-"])
+        size = tuple(int(v) for v in row["photo"].split("x"))
+        if size in TARGETS:
+            line = common.verdict(f"{row['photo']} full scale / bare", full_ratio, TARGETS[size], False)
+            if "MISSED" in line:
+                missed.append(line)
+        if size == (4032, 3024):
+            line = common.verdict("12 MP project / bare", ratio, TARGET_12MP, False)
+            if "MISSED" in line:
+                missed.append(line)
+        if size == (8064, 6048) and ms["project"] is None:
+            missed.append(f"48 MP photo refused by the project: {row['refused'].get('project')}")
+    twelve = next(r for r in rows if r["photo"] == "4032x3024")["ms"]["bare"]
+    big = next(r for r in rows if r["photo"] == "8064x6048")["ms"]["project"]
+    if big is not None and big >= twelve:
+        missed.append(f"48 MP project {big:.0f} ms is not below bare's 12 MP {twelve:.0f} ms")
+    markdown = common.md_table(
+        ["photo (EXIF 6)", "KB", "project ms", "project full scale ms", "bare ms", "bare same job ms",
+         "project / bare", "full scale / bare"], table)
+    common.finish(args, "Image decoder: the graph decoder vs tf.io.decode_jpeg + resize (224 px, batch 1)",
+                  markdown, missed, rows)
+
+
+if __name__ == "__main__":
+    main()
