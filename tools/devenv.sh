@@ -70,8 +70,12 @@ choose() {
 stamp_of() { cat "$REPO/pyproject.toml" "$REPO/$LOCK" 2>/dev/null | sha256sum | cut -d' ' -f1; }
 
 # The host environment minus what would point Python or the loader at the host's own files.
-clean_env() {
-  env -u PYTHONHOME -u PYTHONPATH -u LD_LIBRARY_PATH -u LD_PRELOAD -u VIRTUAL_ENV \
+# Replaces the calling shell (exec), so whatever runs next keeps the caller's pid: a signal sent
+# to that pid (SIGTERM from kill or a supervisor, SIGHUP from a closed terminal, SIGINT) reaches
+# the command itself instead of ending a bash that leaves the command running as an orphan.
+# Callers use it last, or in a subshell.
+exec_clean_env() {
+  exec env -u PYTHONHOME -u PYTHONPATH -u LD_LIBRARY_PATH -u LD_PRELOAD -u VIRTUAL_ENV \
       -u PYTHONSTARTUP -u CONDA_PREFIX "$@"
 }
 
@@ -90,7 +94,7 @@ native_setup() {
 
 native_run() {
   [ -x "$REPO/.venv/bin/python" ] || die "no environment yet: run 'make setup' in $REPO"
-  clean_env PATH="$REPO/.venv/bin:$PATH" VIRTUAL_ENV="$REPO/.venv" DOLG_TFX_ENV_PATH=native \
+  exec_clean_env PATH="$REPO/.venv/bin:$PATH" VIRTUAL_ENV="$REPO/.venv" DOLG_TFX_ENV_PATH=native \
     PYTHONPATH="$REPO" "$@"
 }
 
@@ -128,8 +132,10 @@ build_rootfs() {
 
 # Run a command with the tree's /usr over the host's. The mounts live in a private namespace
 # that ends with the command, so none leaks; the working directory is the caller's.
+# Exec all the way: this shell becomes env, env becomes unshare, unshare (no --fork) enters the
+# namespace itself and becomes the bash below, which becomes the command. One pid throughout.
 rootfs_exec() {
-  clean_env PATH="$IN_VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+  exec_clean_env PATH="$IN_VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     VIRTUAL_ENV="$IN_VENV" DOLG_TFX_ENV_PATH=rootfs PYTHONPATH="$REPO" \
     unshare --mount --propagation private -- /bin/bash -c '
     set -e
@@ -219,6 +225,8 @@ case "$cmd" in
     [ $# -gt 0 ] || die "usage: devenv.sh run CMD..."
     # Already inside (a test, or a launcher called from a CLI subprocess): run it as it is.
     if [ -n "${DOLG_TFX_ENV_PATH:-}" ]; then exec "$@"; fi
+    # Both paths exec (exec_clean_env): the pid of this script, and of the launcher that execs
+    # it, ends up being CMD's, so signals reach CMD and its exit status is the caller's.
     "$(choose)_run" "$@"
     ;;
   install-launcher) install_launcher "$@" ;;
