@@ -14,6 +14,11 @@ from conftest import load_fixture
 
 DIM, K = 64, 10
 HNSW_RECALL_FLOOR, IVFPQ_RECALL_FLOOR = 0.95, 0.90
+# float32 inner products of unit vectors summed in another order (one matrix product against
+# the whole gallery or one per shard: BLAS picks its kernel by shape and CPU) differ by up to
+# 3.6e-7 here (measured: OpenBLAS's Zen kernels, 100 of 2,000 scores); ranks may swap only
+# between scores that close.
+SCORE_ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +29,23 @@ def vectors():
 
 def _recall(got, want):
     return float(np.mean([len(set(g) & set(w)) / len(w) for g, w in zip(got, want)]))
+
+
+def assert_same_ranking(got, want, queries, gallery):
+    """(scores, ids) of two searches agree up to float32 round-off: scores position by position
+    within SCORE_ATOL, ids exactly, except that two ids may trade places when their true (float64)
+    scores are within SCORE_ATOL of each other (a near-tie round-off can reorder)."""
+    (got_s, got_i), (want_s, want_i) = got, want
+    assert got_i.shape == want_i.shape
+    np.testing.assert_allclose(got_s, want_s, rtol=0, atol=SCORE_ATOL)
+    assert all(len(set(row)) == len(row) for row in got_i.tolist())  # no id twice in a ranking
+    rows, cols = np.nonzero(got_i != want_i)
+    q = queries[rows].astype(np.float64)
+    true_got = np.einsum("nd,nd->n", q, gallery[got_i[rows, cols]].astype(np.float64))
+    true_want = np.einsum("nd,nd->n", q, gallery[want_i[rows, cols]].astype(np.float64))
+    far = np.abs(true_got - true_want) > SCORE_ATOL
+    assert not far.any(), [(int(r), int(c), int(got_i[r, c]), int(want_i[r, c]), float(g - w))
+                           for r, c, g, w, f in zip(rows, cols, true_got, true_want, far) if f][:10]
 
 
 def test_the_size_rule():
@@ -71,6 +93,10 @@ def test_auto_chooses_by_size_and_each_backend_agrees_with_exact(vectors):
 
 @pytest.mark.parametrize("backend", ["exact", "hnsw", "ivfpq"])
 def test_sharded_save_and_memory_mapped_load(tmp_path, vectors, backend):
+    """Guards the round trip through shards (every shard written and memory-mapped, the merge
+    across shards ranking like one array, no stale shard after a smaller rebuild). The scores
+    are compared to float32 round-off, not bit for bit: one matrix product per shard sums in
+    another order than one over the whole gallery (assert_same_ranking)."""
     gallery, queries = vectors
     gallery = gallery[:3000]
     ids = [f"g{i}" for i in range(len(gallery))]
@@ -81,10 +107,9 @@ def test_sharded_save_and_memory_mapped_load(tmp_path, vectors, backend):
     back = GalleryIndex.load(str(tmp_path))
     assert back.backend == backend and len(back._shards) == 5
     assert all(isinstance(s, np.memmap) for s in back._shards)  # read from disk on demand
-    for a, b in zip(built.search(queries, K), back.search(queries, K)):
-        np.testing.assert_array_equal(a, b)
-    # Exact search across shards merges like one array, ties to the lower row.
-    np.testing.assert_array_equal(back.search(queries, K, exact=True)[1], exact_search(queries, gallery, K)[1])
+    assert_same_ranking(back.search(queries, K), built.search(queries, K), queries, gallery)
+    # Exact search across shards merges like one array.
+    assert_same_ranking(back.search(queries, K, exact=True), exact_search(queries, gallery, K), queries, gallery)
     # A rebuild with fewer rows leaves no stale shard behind.
     GalleryIndex(ids[:100], gallery[:100], backend="exact").save(str(tmp_path), shard_rows=700)
     assert sorted(p.name for p in tmp_path.glob("embeddings*.npy")) == ["embeddings-00000-of-00001.npy"]
