@@ -227,8 +227,22 @@ def decode_resized(data, size, mode="pad", max_pixels=MAX_PIXELS, reduced_jpeg=T
                    lambda: _refused(ok, message, [size, size, 3], tf.float32))
 
 
+_PER_IMAGE = {}
+
+
+def _per_image(size, mode, max_pixels, reduced_jpeg):
+    """decode_resized as one tf.function per setting, traced once per process: the Transform
+    traces preprocessing_fn several times and each SavedModel signature traces again, and the
+    decoder's ops were most of that time. A graph that calls it holds it as a library function."""
+    key = (int(size), mode, int(max_pixels), bool(reduced_jpeg))
+    if key not in _PER_IMAGE:
+        _PER_IMAGE[key] = tf.function(lambda d: decode_resized(d, size, mode, max_pixels, reduced_jpeg),
+                                      input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+    return _PER_IMAGE[key]
+
+
 def decode_batch(images, size, mode="pad", max_pixels=MAX_PIXELS, reduced_jpeg=True):
     """A [B] (or [B, 1]) string tensor of encoded images -> (B, size, size, 3) float32."""
     flat = tf.reshape(images, [-1])
-    return tf.map_fn(lambda b: decode_resized(b, size, mode, max_pixels, reduced_jpeg), flat,
+    return tf.map_fn(_per_image(size, mode, max_pixels, reduced_jpeg), flat,
                      fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
