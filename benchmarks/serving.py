@@ -52,8 +52,8 @@ def measure(serve, keras_model, scales, size, config, images, rounds):
     import tensorflow as tf
 
     from dolg_model.model import multi_scale_embedding
-    from pipeline import features as F
     from components.images import image_ops
+    from components.retrieval import serving_contract as contract
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def decode(encoded):
@@ -64,14 +64,14 @@ def measure(serve, keras_model, scales, size, config, images, rounds):
         return multi_scale_embedding(keras_model, pixels, scales)
 
     def serving(encoded):
-        return serve(**{F.IMAGES_INPUT: encoded})
+        return serve(**{contract.IMAGES_INPUT: encoded})
 
     rows = []
     for batch in BATCHES:
         encoded = tf.constant([images[i % len(images)] for i in range(batch)])
         pixels = decode(encoded)
         calls = max(1, 16 // batch)  # enough calls that batch 1 is not one clock tick
-        served = serving(encoded)[F.EMBEDDING].numpy()
+        served = serving(encoded)[contract.EMBEDDING_OUTPUT].numpy()
         floor_out = keras_embed(pixels).numpy()
         for _ in range(2):  # warm-up: oneDNN picks its kernels per shape on first use
             mean_seconds(serving, encoded, 1), mean_seconds(keras_embed, pixels, 1), mean_seconds(decode, encoded, 1)
