@@ -6,11 +6,15 @@ files are read back with kfp's pipeline-spec protos, as kfp.Client and Vertex re
 No docker build and no cluster here: the Dockerfile is checked statically, and its build-time
 smoke check is run in this environment.
 """
+import difflib
 import fnmatch
 import importlib
 import inspect
+import json
+import os
 import pathlib
 import re
+import sys
 import types
 
 import pytest
@@ -489,8 +493,6 @@ VERTEX = ["--vertex-project", "proj", "--vertex-region", "europe-west4"]
 
 
 def _trainer_custom_config(spec):
-    import json
-
     return json.loads(param(spec, "Trainer", "custom_config"))
 
 
@@ -519,13 +521,89 @@ def test_multi_worker_trainer_is_a_vertex_custom_job_with_worker_pools(tmp_path)
     assert not task_executor(spec, "Trainer").container.resources.HasField("accelerator")
 
 
+GOLDEN = REPO / "tests" / "kubeflow" / "testdata" / "single_worker_job.json"
+UPDATE_GOLDEN = "DOLG_TFX_UPDATE_GOLDEN"
+REGENERATE = (f"{UPDATE_GOLDEN}=1 tools/devenv.sh run pytest tests/kubeflow/test_kubeflow_compile.py "
+              "-k single_worker_compile")
+
+
+def _normalised(value, tmp):
+    """The compiled PipelineJob as a golden can hold it: what changes per run or per machine
+    replaced by placeholders, and JSON-encoded parameters (custom_config, eval_config, ...)
+    decoded in place so a diff points at the changed key instead of one long escaped string.
+
+    Replaced: absolute temporary and checkout paths, image digests, ISO timestamps, and TFX's
+    own version strings (sdkVersion "tfx-1.21.0", the tfx_version / tfx_py_version labels).
+    The versions are pinned by requirements/lock.txt, but a lock bump that leaves our wiring
+    alone should not need a new golden: they are checked against the installed TFX and Python
+    instead (test below), and everything else TFX emits stays in the golden, so a bump that
+    changes what TFX compiles does show up here.
+    """
+    if isinstance(value, dict):
+        return {k: _normalised(v, tmp) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalised(v, tmp) for v in value]
+    if not isinstance(value, str):
+        return value
+    if value[:1] in "{[":
+        try:
+            return {"<json>": _normalised(json.loads(value), tmp)}
+        except ValueError:
+            pass
+    for path, name in ((str(tmp), "<tmp>"), (str(REPO), "<repo>")):
+        value = value.replace(path, name)
+    value = re.sub(r"@sha256:[0-9a-f]{64}", "@sha256:<digest>", value)
+    value = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:?\d\d)?", "<timestamp>", value)
+    return value
+
+
+def _normalised_job(path, tmp):
+    job = json.loads(pathlib.Path(path).read_text())
+    import tfx
+
+    labels = job.get("labels", {})
+    assert labels.get("tfx_version") == tfx.__version__.replace(".", "-"), labels
+    assert labels.get("tfx_py_version") == f"{sys.version_info[0]}-{sys.version_info[1]}", labels
+    assert job["pipelineSpec"].get("sdkVersion") == f"tfx-{tfx.__version__}", job["pipelineSpec"].get("sdkVersion")
+    labels["tfx_version"] = labels["tfx_py_version"] = "<version>"
+    job["pipelineSpec"]["sdkVersion"] = "tfx-<version>"
+    return _normalised(job, tmp)
+
+
 def test_single_worker_compile_is_unchanged_by_the_multi_worker_option(tmp_path):
+    """The single-worker Vertex job, from the CLI with and without ``--trainer-workers 1``, is
+    the checked-in golden tests/kubeflow/testdata/single_worker_job.json (normalised, see
+    _normalised): every task, its wiring, image, command, arguments, parameters and the
+    Trainer's resources.
+
+    When the compiled pipeline changes on purpose, regenerate the golden and review its diff:
+      DOLG_TFX_UPDATE_GOLDEN=1 tools/devenv.sh run pytest tests/kubeflow/test_kubeflow_compile.py -k single_worker_compile
+
+    Mutations tried, each failing it with a diff of the one changed key: Transform's
+    ``SplitsConfig(analyze=["train"])`` -> ``["train", "eval"]`` in pipeline/pipeline.py (held-out
+    labels leaking into the vocabulary), and ``"json": "NVIDIA_TESLA_T4"`` -> ``"NVIDIA_L4"`` in
+    DEFAULT_GPU_TYPE (pipeline/kubeflow_runner.py).
+    """
     default, out_default = _compile_cli(tmp_path, name="a.json")
     explicit, out_explicit = _compile_cli(tmp_path, "--trainer-workers", "1", *VERTEX, name="b.json")
     assert default.exit_code == 0 and explicit.exit_code == 0, default.output + explicit.output
+    got = _normalised_job(out_default, tmp_path)
+    assert _normalised_job(out_explicit, tmp_path) == got, "--trainer-workers 1 changed the compiled job"
+    text = json.dumps(got, indent=1, sort_keys=True) + "\n"
+    for leaked in (str(tmp_path), str(REPO), "/tmp/"):
+        assert leaked not in text, f"{leaked!r} in the compiled job"
+    if os.environ.get(UPDATE_GOLDEN) == "1":
+        GOLDEN.write_text(text)
+    assert GOLDEN.is_file(), f"no golden {GOLDEN}: create it with\n  {REGENERATE}"
+    want = GOLDEN.read_text()
+    if text != want:
+        diff = "".join(difflib.unified_diff(want.splitlines(True), text.splitlines(True),
+                                            "golden " + GOLDEN.name, "compiled now", n=2))
+        pytest.fail(f"the compiled single-worker job differs from {GOLDEN.relative_to(REPO)}:\n"
+                    f"{diff[:6000]}\nIf the change is intended, regenerate the golden and review its diff:\n"
+                    f"  {REGENERATE}", pytrace=False)
+    # The golden's own claims, so a regenerated golden cannot quietly lose them.
     _, a = read_json_job(out_default)
-    _, b = read_json_job(out_explicit)
-    assert json_format.MessageToDict(a) == json_format.MessageToDict(b)
     args = list(task_executor(a, "Trainer").container.args)
     assert args[args.index("--executor_class_path") + 1] == "tfx.components.trainer.executor.GenericExecutor"
     assert sorted(_trainer_custom_config(a)) == ["backup_root", "config"]
