@@ -28,6 +28,8 @@ BENCHMARKS = (
     ("pipeline_wall", None, ["--quick"], ["--full"]),
     ("input_pipeline", None, ["--quick"], ["--full"]),
     ("serving", None, ["--quick"], ["--full"]),
+    ("first_request", None, ["--quick"], ["--full"]),
+    ("decode", None, ["--quick"], ["--full"]),
     ("retrieval_eval", None, ["--quick"], ["--full"]),
     ("train_step", "Training step: DOLG vs its floor",
      ["--backbone", "mobilenetv3small", "--size", "96", "--batch", "16", "--steps", "5"], []),

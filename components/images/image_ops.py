@@ -6,16 +6,19 @@ from the magic bytes, stored dimensions from the header) and only then, inside a
 decodes: a refused input never reaches a decoder, so a 200 KB PNG announcing 40000x40000
 pixels costs microseconds, not gigabytes. (``tf.debugging`` asserts would not do: in a
 ``tf.function`` nothing orders them before ``decode_image``.) The rules (magic bytes, caps,
-BMP variants, the GIF/WebP walk bounds) come from ``components/images/checks.py``,
-which applies the same ones with Pillow at ingestion. The probe and the EXIF reading, string
-ops on the bytes, are ``components/images/image_header.py``; this module decodes and resizes.
+BMP variants, the GIF/WebP walk bounds, the JPEG scales) come from ``components/images/rules.py``,
+which ingestion's checks apply with Pillow. The probe and the EXIF reading, string ops on the
+bytes, are ``components/images/image_header.py``; this module decodes and resizes.
 
 - Accepted: JPEG, PNG, GIF (first frame, drawn on its canvas), BMP (uncompressed 24/32-bit)
   and WebP (still or the first frame of an animation; alpha dropped).
 - Refused with the format named: HEIC/HEIF, AVIF, TIFF, JPEG XL, JPEG 2000, PSD, SVG, PDF.
 - EXIF orientation (JPEG APP1 ``Exif``, PNG ``eXIf``, WebP ``EXIF``) is read with string ops
-  and applied after decoding; a missing or broken EXIF block means upright. The pixel cap
-  applies to the STORED dimensions.
+  and applied after decoding (after the resize in ``decode_batch``); a missing or broken EXIF
+  block means upright.
+- The pixel cap applies to what is decoded: a JPEG going to a model of known input size is
+  decoded at 1/2, 1/4 or 1/8 when its short side allows (``rules.JPEG_SCALES``); every other
+  format at its stored size.
 
 Two TensorFlow 2.21 decoder hazards are avoided by never handing them the raw bytes:
 the GIF decoder decompresses every frame of an animation even when only the first is kept

@@ -1,0 +1,103 @@
+"""What a freshly loaded model's first serving_default request costs, against a floor.
+
+A server (or ``dolg-tfx search``) that loads the pushed SavedModel pays, on its first request,
+for building and optimising the whole graph: the decoder and the network. The floor is the same
+network (the Keras model reloaded from the same SavedModel) exported behind a plain
+``tf.io.decode_jpeg`` + ``tf.image.resize``: what the first request would cost with the bare
+decoder. Each is loaded and called in a fresh process (load, first call, second call), several
+times alternating, and the medians are compared. Target (issue 23): first call <= 1.3x the
+floor's. TF Serving users pay neither: every pushed model carries warmup requests
+(``assets.extra/tf_serving_warmup_requests``) that the server replays at load.
+
+    tools/devenv.sh run python -m benchmarks.first_request [--quick|--full] [--json OUT]
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from benchmarks import common
+
+TARGET = 1.3
+
+_CHILD = r"""
+import json, sys, time
+import dolg_model
+import tensorflow as tf
+path, image = sys.argv[1], open(sys.argv[2], "rb").read()
+t = time.perf_counter(); fn = tf.saved_model.load(path).signatures["serving_default"]; load = time.perf_counter() - t
+x = tf.constant([image])
+t = time.perf_counter(); [v.numpy() for v in fn(x).values()]; first = time.perf_counter() - t
+t = time.perf_counter(); [v.numpy() for v in fn(x).values()]; second = time.perf_counter() - t
+print(json.dumps({"load": load, "first": first, "second": second}))
+"""
+
+
+def export_floor(model_dir, config, out):
+    """The Keras model of ``model_dir`` behind decode_jpeg + resize, as its own SavedModel."""
+    import tensorflow as tf
+
+    from components.retrieval import serving_contract as contract
+    from dolg_model.model import multi_scale_embedding
+
+    keras_model = tf.keras.models.load_model(model_dir, compile=False)
+    size, scales = config.model.image_size, tf.constant(config.model.scales, tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT)])
+    def serve(images):
+        pixels = tf.map_fn(lambda b: tf.image.resize(tf.cast(tf.io.decode_jpeg(b, channels=3), tf.float32),
+                                                     [size, size]),
+                           images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        return {contract.EMBEDDING_OUTPUT: multi_scale_embedding(keras_model, pixels, scales)}
+
+    tf.saved_model.save(keras_model, out, signatures={contract.IMAGES_SIGNATURE: serve.get_concrete_function()})
+
+
+def fresh_call(path, image_file):
+    out = subprocess.run([sys.executable, "-c", _CHILD, path, image_file], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(full=False):
+    common.quiet_tf()
+    from benchmarks.serving import model_dir
+    from pipeline.demo_report import read_split
+
+    preset, config, _, run_info = common.bench_run(full)
+    path = model_dir(run_info["summary"])
+    _, images, _ = read_split(run_info["summary"]["examples"], "eval")
+    scratch = os.path.join(os.path.dirname(run_info["output"]), "first_request")
+    os.makedirs(scratch, exist_ok=True)
+    image_file = os.path.join(scratch, "query.jpg")
+    with open(image_file, "wb") as f:
+        f.write(images[0])
+    floor_dir = os.path.join(scratch, "floor_model")
+    export_floor(path, config, floor_dir)
+    results = {"project": [], "floor": []}
+    for _ in range(5 if full else 2):
+        for name, where in (("project", path), ("floor", floor_dir)):
+            results[name].append(fresh_call(where, image_file))
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in ("load", "first", "second")}
+           for name, rs in results.items()}
+    ratio = med["project"]["first"] / med["floor"]["first"]
+    table = common.md_table(["model", "load s", "first call s", "second call ms"],
+                            [[name, f"{m['load']:.2f}", f"{m['first']:.2f}", f"{m['second'] * 1e3:.1f}"]
+                             for name, m in med.items()])
+    check = common.verdict("first serving_default call / floor's", ratio, TARGET, higher_is_better=False)
+    markdown = (f"Preset `{preset}`, model `{os.path.relpath(path, common.REPO)}`; each loaded in a fresh process, "
+                f"medians of {len(results['project'])} alternating runs, one JPEG per call.\n\n{table}\n\n- {check}")
+    return markdown, [check] if "MISSED" in check else [], med
+
+
+def main():
+    args = common.parser(__doc__).parse_args()
+    markdown, missed, rows = run(args.full)
+    common.finish(args, "First request of a freshly loaded model vs the bare decoder's", markdown, missed, rows)
+
+
+if __name__ == "__main__":
+    main()
