@@ -18,7 +18,10 @@ On disk (``save``/``load``) an index is a directory::
     embeddings-SSSSS-of-NNNNN.npy  float32 rows in shards of at most SHARD_ROWS, row order
     faiss.index                    the HNSW graph or the IVF-PQ codes (those backends only)
     meta.json                      format, model, model_version, dim, count, backend,
-                                   parameters, shards, labels, paths
+                                   parameters, shards, labels, paths, dba
+
+``dba`` is null, or ``{"k": K, "alpha": A}`` when the stored vectors are database-side augmented
+(``expansion.augment_index``): searches of such an index expand their queries the same way.
 
 ``meta.json`` is written last, so a directory with it is complete. ``load`` maps the shards
 (numpy mmap): the HNSW and IVF-PQ backends never read all the vectors into memory.
@@ -136,7 +139,7 @@ class GalleryIndex:
                  model_version: Optional[int] = None, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET,
                  hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 128,
                  nlist: Optional[int] = None, pq_m: Optional[int] = None, nbits: Optional[int] = None,
-                 nprobe: int = NPROBE,
+                 nprobe: int = NPROBE, dba: Optional[dict] = None,
                  _faiss_index=None, _check_finite: bool = True):
         shards = [embeddings] if isinstance(embeddings, np.ndarray) else list(embeddings)
         shards = [s if isinstance(s, np.memmap) else np.ascontiguousarray(s, dtype=np.float32) for s in shards]
@@ -166,6 +169,7 @@ class GalleryIndex:
         default_nlist, default_m, default_bits = ivfpq_parameters(max(count, 1), self.dim)
         self.nlist, self.pq_m, self.nprobe = nlist or default_nlist, pq_m or default_m, nprobe
         self.nbits = nbits or default_bits
+        self.dba = None if not dba else {"k": int(dba["k"]), "alpha": float(dba["alpha"])}
         faiss = faiss_or_none()
         if backend == "auto":
             backend = choose_backend(count, self.dim, memory_budget, faiss is not None)
@@ -188,10 +192,25 @@ class GalleryIndex:
             # (k-means costs sample x nlist x dim per iteration: 1M vectors would take hours).
             n = len(self)
             take = np.sort(np.random.default_rng(0).choice(n, min(n, max(39 * self.nlist, 50_000)), replace=False))
-            index.train(self._rows(take))
+            index.train(self.vectors(take))
         for shard in self._shards:
             index.add(np.ascontiguousarray(shard, dtype=np.float32))
         return index
+
+    def parameters(self) -> dict:
+        """The backends' parameters, as the constructor takes them."""
+        return {"hnsw_m": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
+                "nlist": self.nlist, "pq_m": self.pq_m, "nbits": self.nbits, "nprobe": self.nprobe}
+
+    @property
+    def shards(self) -> list:
+        """The ``[rows, D]`` arrays (maybe memory-mapped) holding the vectors, in row order."""
+        return list(self._shards)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """The global row of each shard's first vector (and the count, last)."""
+        return self._starts
 
     @property
     def dim(self) -> int:
@@ -206,7 +225,7 @@ class GalleryIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _rows(self, rows: np.ndarray) -> np.ndarray:
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
         """The vectors of global ``rows`` (any shape), gathered from the shards."""
         flat = np.asarray(rows, np.int64).ravel()
         out = np.empty((flat.size, self.dim), np.float32)
@@ -257,7 +276,7 @@ class GalleryIndex:
         else:
             self._faiss.nprobe = self.nprobe
             _, cand = self._faiss.search(q, min(RERANK * k, len(self)))
-            exact_scores = np.einsum("qd,qcd->qc", q, self._rows(np.maximum(cand, 0)))
+            exact_scores = np.einsum("qd,qcd->qc", q, self.vectors(np.maximum(cand, 0)))
             scores, indices = _top_k(exact_scores, cand, k)
         short = np.flatnonzero(np.any(indices < 0, axis=1))
         if short.size:  # fewer than k found (sparse lists, a disconnected graph): answer exactly
@@ -280,7 +299,7 @@ class GalleryIndex:
         names = [f"embeddings-{i:05d}-of-{n_shards:05d}.npy" for i in range(n_shards)]
         for i, name in enumerate(names):
             rows = np.arange(i * shard_rows, min((i + 1) * shard_rows, len(self)))
-            np.save(os.path.join(directory, name), self._rows(rows) if len(self) else np.zeros((0, self.dim), np.float32))
+            np.save(os.path.join(directory, name), self.vectors(rows) if len(self) else np.zeros((0, self.dim), np.float32))
         if self._faiss is not None:
             faiss_or_none().write_index(self._faiss, os.path.join(directory, "faiss.index"))
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model,
@@ -289,7 +308,7 @@ class GalleryIndex:
                 "hnsw": {"m": self.hnsw_m, "ef_construction": self.ef_construction,
                          "ef_search": self.ef_search},
                 "ivfpq": {"nlist": self.nlist, "m": self.pq_m, "nbits": self.nbits, "nprobe": self.nprobe},
-                "labels": self.labels, "paths": self.paths}
+                "labels": self.labels, "paths": self.paths, "dba": self.dba}
         with open(meta_path + ".tmp", "w", encoding="utf-8") as f:
             json.dump(meta, f)
         os.replace(meta_path + ".tmp", meta_path)
@@ -334,4 +353,4 @@ class GalleryIndex:
                    model=meta.get("model"), model_version=meta.get("model_version"), backend=want, hnsw_m=hnsw.get("m", 32),
                    ef_construction=hnsw.get("ef_construction", 200),
                    ef_search=hnsw.get("ef_search", 128), nlist=ivf.get("nlist"), pq_m=ivf.get("m"), nbits=ivf.get("nbits"),
-                   nprobe=ivf.get("nprobe", NPROBE), _faiss_index=graph, _check_finite=False)
+                   nprobe=ivf.get("nprobe", NPROBE), dba=meta.get("dba"), _faiss_index=graph, _check_finite=False)

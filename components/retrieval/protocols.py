@@ -289,7 +289,8 @@ def _hit_ranks(row: np.ndarray, positives: np.ndarray) -> np.ndarray:
 
 
 def leave_one_out_retrieval(embeddings, labels, ks: Sequence[int] = (1, 5, 10),
-                            map_at: int = 100, block_size: int = 1024) -> LeaveOneOutResult:
+                            map_at: int = 100, block_size: int = 1024,
+                            queries=None) -> LeaveOneOutResult:
     """Every row queries all OTHER rows by dot product; relevant = same label.
 
     Metrics, over the queries that have at least one other item of their label (the others
@@ -319,6 +320,8 @@ def leave_one_out_retrieval(embeddings, labels, ks: Sequence[int] = (1, 5, 10),
       embeddings: [N, D] float, one row per item (any row order).
       labels: [N] labels (any comparable dtype); relevant = same label, the query excluded.
       ks: recall cut-offs; map_at: the AP@k cut-off; block_size: query rows scored at once.
+      queries: optional [N, D], the vector row q queries with instead of row q itself (e.g.
+        its query expansion, ``expansion.expand_queries``); row q is still never retrieved.
 
     Returns:
       A :class:`LeaveOneOutResult`: scalars ``mAP`` and ``mAP_at_k``, ``recall_at_k`` {k: float},
@@ -341,7 +344,10 @@ def leave_one_out_retrieval(embeddings, labels, ks: Sequence[int] = (1, 5, 10),
     n = x.shape[0]
     if labels.size != n:
         raise ValueError(f"{labels.size} labels for {n} embeddings")
-    if not np.all(np.isfinite(x)):
+    qx = x if queries is None else np.ascontiguousarray(np.asarray(queries), dtype=x.dtype)
+    if qx.shape != x.shape:
+        raise ValueError(f"queries must be shaped like the embeddings {x.shape}, got {qx.shape}")
+    if not (np.all(np.isfinite(x)) and (queries is None or np.all(np.isfinite(qx)))):
         raise ValueError("embeddings contain NaN or inf")
     if block_size < 1 or map_at < 1 or any(int(k) < 1 for k in ks):
         raise ValueError("block_size, map_at and ks must be positive")
@@ -359,7 +365,7 @@ def leave_one_out_retrieval(embeddings, labels, ks: Sequence[int] = (1, 5, 10),
     buffer = np.empty((min(block_size, n), n), dtype=x.dtype)
     for b0 in range(0, n, block_size):
         b1 = min(b0 + block_size, n)
-        scores = np.matmul(x[b0:b1], x.T, out=buffer[:b1 - b0])  # [b, N]: the only large array
+        scores = np.matmul(qx[b0:b1], x.T, out=buffer[:b1 - b0])  # [b, N]: the only large array
         for q in range(b0, b1):
             c = inverse[q]
             m = int(counts[c]) - 1
