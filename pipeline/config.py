@@ -39,6 +39,10 @@ class PipelineConfig:
         multi-worker run must draw the same order for the data to split into distinct shares.
       min_map: the Evaluator blesses only above this retrieval mAP.
       max_map_drop: and only if mAP fell by at most this much from the last blessed model.
+      eval_qe, eval_qe_alpha: the Evaluator also reports the α-query-expanded scores
+        (``retrieval_mAP_qe``, ...; top ``eval_qe`` merged, weights similarity ** alpha); 0: not.
+      bless_on_qe: min_map and max_map_drop apply to retrieval_mAP_qe instead of the plain
+        retrieval_mAP (needs eval_qe > 0).
       beam_mode: "in_memory" or "multi_processing" for the DirectRunner.
       beam_workers: DirectRunner workers in multi_processing mode.
       beam_args: extra Beam pipeline arguments (e.g. for Dataflow or Flink).
@@ -47,6 +51,9 @@ class PipelineConfig:
         run. Then caching cannot see edited files: after editing such data, run with --no-cache.
       gallery: optional gallery (a folder of images, flat or root/<label>/<image>, or a CSV;
         a path or URI): every model the run pushes gets its index of it, pushed beside it.
+      gallery_dba, gallery_dba_alpha: database-side augmentation of that index (each vector
+        the normalised sum of itself and its top ``gallery_dba`` neighbours weighted by
+        similarity ** alpha); 0: the raw embeddings.
       model: the DOLGConfig.
     """
 
@@ -67,11 +74,16 @@ class PipelineConfig:
     seed: int = 0
     min_map: float = 0.0
     max_map_drop: Optional[float] = 0.01
+    eval_qe: int = 0
+    eval_qe_alpha: float = 3.0
+    bless_on_qe: bool = False
     beam_mode: str = "in_memory"
     beam_workers: int = 2
     beam_args: Tuple[str, ...] = ()
     fingerprint_max_files: int = DEFAULT_FINGERPRINT_MAX_FILES
     gallery: Optional[str] = None
+    gallery_dba: int = 0
+    gallery_dba_alpha: float = 3.0
     model: DOLGConfig = DOLGConfig()
 
     def __post_init__(self):
@@ -111,6 +123,16 @@ class PipelineConfig:
             raise ConfigError("beam_mode", self.beam_mode, "choose 'in_memory' or 'multi_processing'")
         if self.max_map_drop is not None and self.max_map_drop < 0:
             raise ConfigError("max_map_drop", self.max_map_drop, "must be >= 0 or null")
+        for name in ("eval_qe", "gallery_dba"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(name, value, "must be an integer >= 0 (0: off)")
+        for name in ("eval_qe_alpha", "gallery_dba_alpha"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ConfigError(name, value, "must be a number >= 0")
+        if self.bless_on_qe and not self.eval_qe:
+            raise ConfigError("bless_on_qe", self.bless_on_qe, "needs eval_qe > 0")
         if self.gallery is not None and (not isinstance(self.gallery, str) or not self.gallery):
             raise ConfigError("gallery", self.gallery, "must be a path or URI, or null")
 
@@ -148,7 +170,8 @@ class PipelineConfig:
 
 
 NOT_FOR_TRAINER = ("pipeline_name", "eval_fraction", "max_bytes", "min_map", "max_map_drop",
-                   "beam_mode", "beam_workers", "beam_args", "gallery", "fingerprint_max_files")
+                   "beam_mode", "beam_workers", "beam_args", "gallery", "fingerprint_max_files",
+                   "eval_qe", "eval_qe_alpha", "bless_on_qe", "gallery_dba", "gallery_dba_alpha")
 
 # Presets. "paper" is the authors' recipe for GPUs; the others fit a 2-core CPU.
 PRESETS = {

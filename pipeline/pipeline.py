@@ -44,7 +44,9 @@ def beam_pipeline_args(config: PipelineConfig) -> List[str]:
 
 
 def evaluation_config(config: PipelineConfig):
-    eval_config = retrieval_eval_config(min_map=config.min_map, max_map_drop=config.max_map_drop)
+    eval_config = retrieval_eval_config(min_map=config.min_map, max_map_drop=config.max_map_drop,
+                                        qe=config.eval_qe, qe_alpha=config.eval_qe_alpha,
+                                        bless_on_qe=config.bless_on_qe)
     # A generic SavedModel: TFMA then calls the signature and never tries a Keras load.
     for spec in eval_config.model_specs:
         spec.model_type = "tf_generic"
@@ -137,7 +139,9 @@ def create_pipeline(config: PipelineConfig, *, data: str, pipeline_root: str, se
             model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
             pushed_model=pusher.outputs["pushed_model"], gallery=config.gallery,
             index_dir=gallery_index_dir, beam_args=json.dumps(beam_pipeline_args(config)),
-            gallery_fingerprint=gallery_fingerprint or ""))
+            gallery_fingerprint=gallery_fingerprint or "",
+            # only when set: a run without DBA keeps the component's parameters (and cache key)
+            **({"dba": config.gallery_dba, "dba_alpha": float(config.gallery_dba_alpha)} if config.gallery_dba else {})))
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name, pipeline_root=pipeline_root,

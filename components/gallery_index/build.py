@@ -151,7 +151,7 @@ def describe(summary: dict) -> str:
 
 def build_index(candidates: Sequence, model_dir: str, model_version, index_base: str, work_dir: str,
                 pipeline_args: Sequence[str] = (), batch_size: int = 32,
-                max_bytes: Optional[int] = None) -> BuildResult:
+                max_bytes: Optional[int] = None, dba: int = 0, dba_alpha: float = 3.0) -> BuildResult:
     """Embeds what the cache lacks, writes the index of ``model_version`` to
     ``<index_base>/<model_version>`` and refreshes the cache.
 
@@ -160,10 +160,13 @@ def build_index(candidates: Sequence, model_dir: str, model_version, index_base:
       model_dir: the pushed SavedModel version folder that embeds the gallery.
       work_dir: scratch for the Beam pipeline's shards (on Dataflow: storage its workers write).
       pipeline_args: the pipeline's Beam arguments.
+      dba, dba_alpha: database-side augmentation of the index (``expansion.augment_index``;
+        recorded in its meta.json); 0: the raw embeddings. The cache keeps the raw embeddings.
     Raises:
       ValueError: no gallery image could be embedded.
     """
     from components.retrieval.embedder import DEFAULT_MAX_BYTES
+    from components.retrieval.expansion import augment_index
     from components.retrieval.gallery_embedding import embed_candidates_with_beam
     from components.retrieval.index import GalleryIndex
     from components.retrieval.model_versions import model_digest
@@ -190,6 +193,7 @@ def build_index(candidates: Sequence, model_dir: str, model_version, index_base:
                          labels=labels if any(labels) else None,  # an unlabelled gallery
                          paths=[candidates[i].path for i in rows], model=model_dir,
                          model_version=int(model_version))
+    index = augment_index(index, dba, dba_alpha)
     destination = index_version_dir(index_base, model_version)
     with tempfile.TemporaryDirectory(prefix="dolg-tfx-gallery-index-") as local:
         index.save(local)

@@ -43,12 +43,15 @@ def GalleryIndexer(
         gallery: tfx.dsl.components.Parameter[str],
         index_dir: tfx.dsl.components.Parameter[str],
         beam_args: tfx.dsl.components.Parameter[str] = "[]",
-        gallery_fingerprint: tfx.dsl.components.Parameter[str] = ""):
+        gallery_fingerprint: tfx.dsl.components.Parameter[str] = "",
+        dba: tfx.dsl.components.Parameter[int] = 0,
+        dba_alpha: tfx.dsl.components.Parameter[float] = 3.0):
     """Indexes ``gallery`` with the pushed model into ``index_dir/<version>``.
 
     ``beam_args``: the pipeline's Beam arguments as a JSON list. ``gallery_fingerprint``: not
     read here; the local runner sets it to a digest of the gallery's files so that a changed
     gallery changes this component's cache key (TFX would otherwise reuse the last result).
+    ``dba``, ``dba_alpha``: database-side augmentation of the index (0: none); see ``build``.
     """
     import tensorflow as tf
 
@@ -69,7 +72,8 @@ def GalleryIndexer(
     if not candidates:
         raise ValueError(f"gallery {gallery}: no images found")
     work = f"{gallery_index.uri.rstrip('/')}/beam_work"
-    result = build_index(candidates, model_dir, version, index_dir, work, json.loads(beam_args))
+    result = build_index(candidates, model_dir, version, index_dir, work, json.loads(beam_args),
+                         dba=dba, dba_alpha=dba_alpha)
     if tf.io.gfile.exists(work):
         tf.io.gfile.rmtree(work)  # Beam's shards were scratch; the index is pushed
     summary = {"indexed": True, "gallery": gallery, "model_uri": model.uri, **result.as_dict()}

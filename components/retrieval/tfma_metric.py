@@ -20,6 +20,13 @@ Output metric keys (one MetricComputation, all computed together), with the defa
     retrieval_num_queries  examples seen in the slice
     retrieval_num_evaluated  queries with at least one other same-label example
 
+With the option ``qe`` = K > 0 (off by default) the same scores are also computed with
+α-weighted query expansion (``expansion.expand_queries``: each example's query becomes the
+normalised sum of itself and its top K OTHER examples, weighted by similarity ** ``qe_alpha``),
+under the same keys with the suffix ``_qe`` (``retrieval_mAP_qe``, ``recall@1_qe``, ...), beside
+the plain ones. A threshold stays on the plain ``retrieval_mAP`` unless the config's ``name``
+picks a ``_qe`` key (``eval_config(bless_on_qe=True)``).
+
 Thresholds: TFMA matches a ``MetricConfig.threshold`` to the key named like the metric
 instance, so the instance's ``name`` (config ``{"name": ...}``, default ``retrieval_mAP``)
 selects which output a threshold applies to. To threshold another output, add a second
@@ -47,6 +54,8 @@ import numpy as np
 from tensorflow_model_analysis.metrics import metric_types
 from tensorflow_model_analysis.proto import config_pb2
 
+from components.retrieval.expansion import DEFAULT_ALPHA, check_settings, expand_queries
+from components.retrieval.index import exact_search
 from components.retrieval.protocols import leave_one_out_retrieval
 from components.retrieval.serving_contract import EMBEDDING_OUTPUT, EXAMPLES_SIGNATURE
 
@@ -57,6 +66,7 @@ NUM_QUERIES_NAME = "retrieval_num_queries"
 NUM_EVALUATED_NAME = "retrieval_num_evaluated"
 DEFAULT_KS = (1, 5, 10)
 DEFAULT_MAP_AT = 100
+QE_SUFFIX = "_qe"
 
 # Single-example rows are stacked into one array after this many inputs: a Python list of
 # tiny arrays costs ~100 bytes of object overhead per row and pickles slowly between workers.
@@ -73,10 +83,14 @@ def recall_name(k: int) -> str:
     return f"recall@{int(k)}"
 
 
-def metric_names(ks: Sequence[int] = DEFAULT_KS, map_at: int = DEFAULT_MAP_AT) -> List[str]:
-    """All metric key names one RetrievalMetrics computation produces."""
-    return ([MAP_NAME, map_at_name(map_at)] + [recall_name(k) for k in ks]
-            + [NUM_QUERIES_NAME, NUM_EVALUATED_NAME])
+def _scored_names(ks: Sequence[int], map_at: int) -> List[str]:
+    return [MAP_NAME, map_at_name(map_at)] + [recall_name(k) for k in ks]
+
+
+def metric_names(ks: Sequence[int] = DEFAULT_KS, map_at: int = DEFAULT_MAP_AT, qe: int = 0) -> List[str]:
+    """All metric key names one RetrievalMetrics computation produces (``_qe`` ones if qe > 0)."""
+    return (_scored_names(ks, map_at) + [NUM_QUERIES_NAME, NUM_EVALUATED_NAME]
+            + ([n + QE_SUFFIX for n in _scored_names(ks, map_at)] if qe else []))
 
 
 class RetrievalMetrics(metric_types.Metric):
@@ -89,19 +103,23 @@ class RetrievalMetrics(metric_types.Metric):
       label_feature: raw feature holding the label, compared as bytes (default ``label``).
       ks: recall cut-offs (default [1, 5, 10]); map_at: mAP@k cut-off (default 100).
       block_size: query rows scored at once by the protocol (memory O(block_size * N)).
+      qe: K of the α-weighted query expansion also reported (``_qe`` keys); 0 (default): off.
+      qe_alpha: its weight exponent (default 3).
     """
 
     def __init__(self, name: str = MAP_NAME, embedding_key: str = EMBEDDING_OUTPUT,
                  label_feature: str = "label", ks: Sequence[int] = DEFAULT_KS,
-                 map_at: int = DEFAULT_MAP_AT, block_size: int = 1024):
+                 map_at: int = DEFAULT_MAP_AT, block_size: int = 1024, qe: int = 0,
+                 qe_alpha: float = DEFAULT_ALPHA):
         ks = [int(k) for k in ks]
-        names = metric_names(ks, map_at)
+        qe, qe_alpha = check_settings(qe, qe_alpha)
+        names = metric_names(ks, map_at, qe)
         if name not in names:
             # A threshold keyed by an unknown name would fail every run with "Metric not found".
             raise ValueError(f"RetrievalMetrics name must be one of {names}, got {name!r}")
         super().__init__(_retrieval_computations, name=name, embedding_key=embedding_key,
                          label_feature=label_feature, ks=ks, map_at=int(map_at),
-                         block_size=int(block_size))
+                         block_size=int(block_size), qe=qe, qe_alpha=qe_alpha)
 
     @property
     def compute_confidence_interval(self) -> bool:
@@ -116,6 +134,7 @@ metric_types.register_metric(RetrievalMetrics)
 def _retrieval_computations(name: str = MAP_NAME, embedding_key: str = EMBEDDING_OUTPUT,
                             label_feature: str = "label", ks: Sequence[int] = DEFAULT_KS,
                             map_at: int = DEFAULT_MAP_AT, block_size: int = 1024,
+                            qe: int = 0, qe_alpha: float = DEFAULT_ALPHA,
                             model_names: Optional[List[str]] = None,
                             output_names: Optional[List[str]] = None,
                             example_weighted: bool = False,
@@ -135,13 +154,13 @@ def _retrieval_computations(name: str = MAP_NAME, embedding_key: str = EMBEDDING
             keys = {n: metric_types.MetricKey(name=n, model_name=model_name,
                                               output_name=output_name,
                                               example_weighted=example_weighted)
-                    for n in metric_names(ks, map_at)}
+                    for n in metric_names(ks, map_at, qe)}
             computations.append(metric_types.MetricComputation(
                 keys=list(keys.values()),
                 # Raw label bytes from the features, plus the default inputs (predictions).
                 preprocessors=[metric_types.FeaturePreprocessor(feature_keys=[label_feature])],
                 combiner=_RetrievalCombiner(keys, model_name, output_name, embedding_key,
-                                            label_feature, ks, map_at, block_size)))
+                                            label_feature, ks, map_at, block_size, qe, qe_alpha)))
     return computations
 
 
@@ -180,7 +199,8 @@ class _RetrievalCombiner(beam.CombineFn):
 
     def __init__(self, keys: Dict[str, metric_types.MetricKey], model_name: str,
                  output_name: str, embedding_key: str, label_feature: str,
-                 ks: Sequence[int], map_at: int, block_size: int):
+                 ks: Sequence[int], map_at: int, block_size: int, qe: int = 0,
+                 qe_alpha: float = DEFAULT_ALPHA):
         self._keys = keys
         self._model_name = model_name
         self._output_name = output_name
@@ -189,6 +209,7 @@ class _RetrievalCombiner(beam.CombineFn):
         self._ks = tuple(int(k) for k in ks)
         self._map_at = int(map_at)
         self._block_size = int(block_size)
+        self._qe, self._qe_alpha = int(qe), float(qe_alpha)
 
     # ------------------------------------------------------------------ inputs
     def _embedding(self, element: metric_types.StandardMetricInputs) -> np.ndarray:
@@ -261,10 +282,22 @@ class _RetrievalCombiner(beam.CombineFn):
         embeddings, labels = _canonical_order(embeddings, labels)
         result = leave_one_out_retrieval(embeddings, labels, ks=self._ks, map_at=self._map_at,
                                          block_size=self._block_size)
-        values = {MAP_NAME: result.mAP, map_at_name(self._map_at): result.mAP_at_k,
-                  NUM_QUERIES_NAME: result.n_queries, NUM_EVALUATED_NAME: result.n_evaluated}
-        values.update({recall_name(k): v for k, v in result.recall_at_k.items()})
+        values = self._scores(result)
+        values.update({NUM_QUERIES_NAME: result.n_queries, NUM_EVALUATED_NAME: result.n_evaluated})
+        if self._qe:
+            # Each example's expansion leaves its own row out, as its ranking does.
+            db = np.ascontiguousarray(embeddings, dtype=np.float32)
+            queries = expand_queries(db, lambda q, n: exact_search(q, db, n), lambda rows: db[rows],
+                                     self._qe, self._qe_alpha, exclude=np.arange(n))
+            expanded = leave_one_out_retrieval(embeddings, labels, ks=self._ks, map_at=self._map_at,
+                                               block_size=self._block_size, queries=queries)
+            values.update({name + QE_SUFFIX: v for name, v in self._scores(expanded).items()})
         return {key: values[name] for name, key in self._keys.items()}
+
+    def _scores(self, result) -> Dict[str, float]:
+        values = {MAP_NAME: result.mAP, map_at_name(self._map_at): result.mAP_at_k}
+        values.update({recall_name(k): v for k, v in result.recall_at_k.items()})
+        return values
 
 
 def _canonical_order(embeddings: np.ndarray, labels: np.ndarray):
@@ -287,6 +320,7 @@ def eval_config(min_map: Optional[float] = None, max_map_drop: Optional[float] =
                 signature_name: str = EXAMPLES_SIGNATURE, embedding_key: str = EMBEDDING_OUTPUT,
                 label_feature: str = "label", ks: Sequence[int] = DEFAULT_KS,
                 map_at: int = DEFAULT_MAP_AT, block_size: int = 1024,
+                qe: int = 0, qe_alpha: float = DEFAULT_ALPHA, bless_on_qe: bool = False,
                 ) -> config_pb2.EvalConfig:
     """EvalConfig: RetrievalMetrics on the tf.Example signature, gated on retrieval_mAP.
 
@@ -299,6 +333,9 @@ def eval_config(min_map: Optional[float] = None, max_map_drop: Optional[float] =
         baseline refuses a config with change thresholds unless the model is rubber-stamped.
       signature_name: SavedModel signature taking serialized tf.Examples (input ``examples``)
         and returning ``{embedding_key: [None, D]}``.
+      qe, qe_alpha: also report the α-query-expanded scores (``_qe`` keys); qe = 0: not.
+      bless_on_qe: put both thresholds on ``retrieval_mAP_qe`` instead of ``retrieval_mAP``
+        (needs qe > 0).
       Other arguments go to RetrievalMetrics.
 
     On a first run only ``min_map`` can bless: once the change threshold is dropped, a config
@@ -312,9 +349,14 @@ def eval_config(min_map: Optional[float] = None, max_map_drop: Optional[float] =
     """
     options = {"embedding_key": embedding_key, "label_feature": label_feature,
                "ks": [int(k) for k in ks], "map_at": int(map_at), "block_size": int(block_size)}
+    qe, qe_alpha = check_settings(qe, qe_alpha)
+    if bless_on_qe and not qe:
+        raise ValueError("bless_on_qe needs qe > 0: there is no expanded mAP to bless on")
+    if qe:  # only then: the default config stays exactly what it was before the option
+        options.update(qe=qe, qe_alpha=qe_alpha)
     metric = config_pb2.MetricConfig(
         class_name=METRIC_CLASS_NAME, module=METRIC_MODULE,
-        config=json.dumps(dict(options, name=MAP_NAME), sort_keys=True))
+        config=json.dumps(dict(options, name=MAP_NAME + (QE_SUFFIX if bless_on_qe else "")), sort_keys=True))
     if min_map is not None:
         metric.threshold.value_threshold.lower_bound.value = float(min_map)
     if max_map_drop is not None:
