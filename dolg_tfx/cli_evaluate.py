@@ -16,6 +16,9 @@ def format_report(report: dict) -> list[str]:
     lines = [f"{report['protocol']}: {report['n_queries']} queries, "
              f"{report['n_database']} database images, {report['n_failed']} skipped"]
     res = report["results"]
+    if report.get("query_expansion"):
+        qe = report["query_expansion"]
+        lines.append(f"ranked with alpha query expansion: top {qe['k']} merged, weights similarity^{qe['alpha']:g}")
     if "medium" in res:
         kappas = res["medium"]["kappas"]
         lines.append(f"{'':8s}{'mAP':>8s}" + "".join(f"{'mP@' + str(k):>8s}" for k in kappas))
@@ -43,10 +46,16 @@ def format_report(report: dict) -> list[str]:
 @click.option("--scales", default=None, metavar="S1,S2,...",
               help="Multi-scale descriptor scales, e.g. 0.7071,1,1.4142 (default: those the model "
                    "was exported with).")
+@click.option("--qe", "qe", default=0, show_default=True, type=click.IntRange(min=0), metavar="K",
+              help="Alpha query expansion: each query becomes the normalised sum of itself and its "
+                   "top K database images, weighted by similarity^--qe-alpha, and is ranked again "
+                   "(0: off).")
+@click.option("--qe-alpha", default=3.0, show_default=True, type=click.FloatRange(min=0), metavar="A",
+              help="The weight exponent of --qe (negative similarities weigh 0).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show every log line (TensorFlow) on the console too; the full log is always kept "
                    "in a file, beside --json or else in the system's temporary folder.")
-def evaluate(data_dir, model_dir, protocol, batch_size, json_out, scales, verbose):
+def evaluate(data_dir, model_dir, protocol, batch_size, json_out, scales, qe, qe_alpha, verbose):
     """Score a pushed model on a standard retrieval benchmark."""
     from components.retrieval import datasets
     from pipeline.console import Console, log_path
@@ -66,7 +75,7 @@ def evaluate(data_dir, model_dir, protocol, batch_size, json_out, scales, verbos
         # Skipped images are printed after the console, where the user reads them, not in the log.
         with Console(log, verbose) as console, console.showing_progress():
             console.say(f"Evaluating {model_dir} on {protocol} ({data_dir}); full log: {log}")
-            report = _score(ds, model_dir, scale_list, batch_size, failures.append)
+            report = _score(ds, model_dir, scale_list, batch_size, failures.append, qe, qe_alpha)
     finally:
         for f in failures:
             click.echo(f"skipped {f.path}: {f.reason}", err=True)
@@ -79,7 +88,7 @@ def evaluate(data_dir, model_dir, protocol, batch_size, json_out, scales, verbos
     click.echo(f"Full log: {log}")
 
 
-def _score(ds, model_dir, scale_list, batch_size, report_failure) -> dict:
+def _score(ds, model_dir, scale_list, batch_size, report_failure, qe=0, qe_alpha=3.0) -> dict:
     from components.retrieval.embedder import Embedder
     from components.retrieval.evaluation import EvaluationError, evaluate_set
 
@@ -88,6 +97,6 @@ def _score(ds, model_dir, scale_list, batch_size, report_failure) -> dict:
     except (OSError, ValueError) as err:
         raise click.ClickException(f"cannot load the model: {err}")
     try:
-        return evaluate_set(ds, embedder, batch_size, report_failure=report_failure)
+        return evaluate_set(ds, embedder, batch_size, report_failure=report_failure, qe=qe, qe_alpha=qe_alpha)
     except EvaluationError as err:
         raise click.ClickException(str(err))

@@ -42,6 +42,12 @@ def index_group():
               help="GiB of float32 vectors an in-memory index (exact, HNSW) may hold; auto only.")
 @click.option("--max-bytes", default=DEFAULT_MAX_BYTES, show_default=True,
               type=click.IntRange(min=1), help="Skip image files larger than this.")
+@click.option("--dba", "dba", default=0, show_default=True, type=click.IntRange(min=0), metavar="K",
+              help="Database-side augmentation: each gallery vector becomes the normalised sum of itself "
+                   "and its top K gallery neighbours weighted by similarity^--dba-alpha (0: off). "
+                   "`search` then expands its queries the same way.")
+@click.option("--dba-alpha", default=3.0, show_default=True, type=click.FloatRange(min=0), metavar="A",
+              help="The weight exponent of --dba.")
 @click.option("--beam-arg", "beam_args", multiple=True, metavar="ARG",
               help="A Beam pipeline argument for the embedding, repeatable, as for the pipeline "
                    "(e.g. --beam-arg=--runner=DataflowRunner; then give --work-dir on gs://).")
@@ -50,8 +56,8 @@ def index_group():
 @click.option("-v", "--verbose", is_flag=True,
               help="Show every log line (TensorFlow, Beam) on the console too; the full log is always "
                    "kept in OUTPUT/logs/.")
-def build(model_dir, images, images_subdir, output, batch_size, backend, memory_budget, max_bytes, beam_args,
-          work_dir, verbose):
+def build(model_dir, images, images_subdir, output, batch_size, backend, memory_budget, max_bytes, dba, dba_alpha,
+          beam_args, work_dir, verbose):
     """Embed a gallery with a Beam pipeline and write a searchable index."""
     from pipeline.console import Console, log_path
 
@@ -62,20 +68,25 @@ def build(model_dir, images, images_subdir, output, batch_size, backend, memory_
         console.say(f"Building a gallery index from {os.path.abspath(images)}; full log: {log}")
         index, n_candidates, failures = _build_index(
             console, model_dir, images, images_subdir, output, batch_size, backend, memory_budget, max_bytes,
-            beam_args, work_dir)
+            beam_args, work_dir, dba, dba_alpha)
     for f in failures:
         click.echo(f"skipped {f.path}: {f.reason}", err=True)
     click.echo(f"indexed {len(index)} of {n_candidates} images ({len(failures)} skipped), "
-               f"dim {index.dim}, backend {index.backend} -> {output}")
+               f"dim {index.dim}, backend {index.backend}{_dba_note(index)} -> {output}")
     click.echo(f"Full log: {log}")
 
 
+def _dba_note(index) -> str:
+    return f", DBA top {index.dba['k']} alpha {index.dba['alpha']:g}" if index.dba else ""
+
+
 def _build_index(console, model_dir, images, images_subdir, output, batch_size, backend, memory_budget, max_bytes,
-                 beam_args, work_dir):
+                 beam_args, work_dir, dba=0, dba_alpha=3.0):
     """The steps of `index build`; returns (index, candidates found, failures)."""
     from components.image_example_gen import scan_inputs
     from components.retrieval.gallery_embedding import embed_candidates_with_beam
     from components.retrieval.serving_contract import resolve_model_dir
+    from components.retrieval.expansion import augment_index
     from components.retrieval.index import GalleryIndex
 
     try:
@@ -98,6 +109,9 @@ def _build_index(console, model_dir, images, images_subdir, output, batch_size, 
         labels = res.labels if any(res.labels or ()) else None  # an unlabelled gallery
         index = GalleryIndex(res.ids, res.embeddings, labels=labels, paths=res.paths,
                              model=model_dir, backend=backend, memory_budget=int(memory_budget * 2**30))
+        if dba:
+            console.say(f"  database-side augmentation: top {dba} neighbours, alpha {dba_alpha:g} ...")
+            index = augment_index(index, dba, dba_alpha)
     except (ImportError, ValueError) as err:
         raise click.ClickException(str(err))
     console.say(f"  writing the {index.backend} index to {os.path.abspath(output)} ...")
@@ -121,15 +135,22 @@ def _build_index(console, model_dir, images, images_subdir, output, batch_size, 
 @click.option("--box", nargs=4, type=float, default=None, metavar="X1 Y1 X2 Y2",
               help="Crop the query to this box (pixels) before embedding.")
 @click.option("--exact", is_flag=True, help="Search exactly even if the index has a faiss (HNSW or IVF-PQ) index.")
-def search(image, index_dir, model_dir, k, grid, label, box, exact):
+@click.option("--qe", "qe", default=None, type=click.IntRange(min=0), metavar="K",
+              help="Alpha query expansion: search again with the normalised sum of the query and its top K "
+                   "results, weighted by similarity^--qe-alpha; 0: off. Default: 0, or the index's DBA "
+                   "settings when it was built with --dba (queries are then augmented like the gallery).")
+@click.option("--qe-alpha", default=None, type=click.FloatRange(min=0), metavar="A",
+              help="The weight exponent of --qe (default: the index's DBA alpha, else 3).")
+def search(image, index_dir, model_dir, k, grid, label, box, exact, qe, qe_alpha):
     """Print the gallery images nearest to IMAGE: rank, score, id, label (tab-separated)."""
     import tensorflow as tf
 
     from components.gallery_index.build import latest_index_dir
     from components.retrieval.embedder import Embedder, crop_to_png, read_file
+    from components.retrieval.expansion import expanded_search
     from components.retrieval.index import GalleryIndex
     from components.retrieval.model_versions import VersionMismatch, check_index_matches_model
-    from components.retrieval.search_grid import infer_query_label, render_grid
+    from components.retrieval.search_grid import gallery_row, infer_query_label, render_grid
     from components.retrieval.serving_contract import resolve_model_dir
 
     index_dir = latest_index_dir(index_dir)  # a pushed base: its newest version
@@ -160,8 +181,19 @@ def search(image, index_dir, model_dir, k, grid, label, box, exact):
                                    f"{getattr(err, 'message', err)})")
     if emb.shape[1] != index.dim:
         raise click.ClickException(f"the model gives dim {emb.shape[1]}, the index has {index.dim}")
-    scores, rows = index.search(emb, k, exact=exact)
+    dba = index.dba or {"k": 0, "alpha": 3.0}
+    qe = dba["k"] if qe is None else qe
+    qe_alpha = dba["alpha"] if qe_alpha is None else qe_alpha
+    # The query's own gallery entry (same file) is no neighbour of its expansion: it is the query.
+    own = gallery_row(image, index) if qe else None
+    scores, rows = expanded_search(emb, lambda q, n: index.search(q, n, exact=exact), index.vectors, k, qe, qe_alpha,
+                                   exclude=None if own is None else [own])
     click.echo(f"answered by {index.answered_by(exact)}", err=True)
+    if index.dba or qe:
+        click.echo(("gallery: DBA, top {k} neighbours, alpha {alpha:g}; ".format(**index.dba) if index.dba
+                    else "gallery: not augmented; ")
+                   + (f"query: alpha QE, top {qe}, alpha {qe_alpha:g}" if qe else "query: not expanded (--qe 0)"),
+                   err=True)
     query_label = label if label is not None else infer_query_label(image, index)
     results = []
     for rank, (score, row) in enumerate(zip(scores[0], rows[0]), start=1):

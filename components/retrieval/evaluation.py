@@ -2,7 +2,9 @@
 
 Only glue lives here: the test set comes from ``datasets``, the embeddings from an embedder
 (``embedder.Embedder``), the rankings by dot product, and the numbers from ``protocols`` -- the
-project's one implementation of each metric.
+project's one implementation of each metric. With ``qe > 0`` every protocol ranks with
+α-weighted query expansion (``expansion.expand_queries`` over the embedded database; a query
+that is itself a database image, as in UKBench, never counts its own entry as a neighbour).
 
 Images that cannot be read or decoded are reported and skipped. A skipped DATABASE image is
 ranked last for every query (it can never be retrieved, so the score is a lower bound of the
@@ -44,7 +46,19 @@ def revisited_rankings(query_emb: np.ndarray, db_emb: np.ndarray, db_ok: np.ndar
     return np.argsort(-scores, axis=1, kind="stable")
 
 
-def evaluate_set(ds, embedder, batch_size: int = 32, progress=None, report_failure=None) -> dict:
+def expand(queries: np.ndarray, database: np.ndarray, qe: int, qe_alpha: float, exclude=None) -> np.ndarray:
+    """αQE of ``queries`` [n, D] over ``database`` [N, D] with exact search (``queries`` itself
+    when qe == 0); ``exclude``: each query's own database row, or None."""
+    from components.retrieval import index as index_lib
+    from components.retrieval.expansion import expand_queries
+
+    db = np.ascontiguousarray(database, dtype=np.float32)
+    return expand_queries(queries, lambda q, n: index_lib.exact_search(q, db, n), lambda rows: db[rows],
+                          qe, qe_alpha, exclude)
+
+
+def evaluate_set(ds, embedder, batch_size: int = 32, progress=None, report_failure=None,
+                 qe: int = 0, qe_alpha: float = 3.0) -> dict:
     """Embeds a :class:`~components.retrieval.datasets.RetrievalSet` and scores it.
 
     Args:
@@ -54,6 +68,8 @@ def evaluate_set(ds, embedder, batch_size: int = 32, progress=None, report_failu
       progress: optional progress-bar factory passed to the embedder.
       report_failure: optional callback(failure) for each image that could not be embedded,
         called before any verdict so an error below can point at them.
+      qe, qe_alpha: α-weighted query expansion (top ``qe`` database images merged with weights
+        similarity ** qe_alpha); qe = 0 (the default) ranks with the plain embeddings.
     Returns:
       A JSON-ready dict: protocol, counts, ``failures`` and ``results`` (the protocol's numbers
       as fractions, exactly as ``protocols`` returns them).
@@ -63,7 +79,9 @@ def evaluate_set(ds, embedder, batch_size: int = 32, progress=None, report_failu
     """
     from components.retrieval import index as index_lib
     from components.retrieval import protocols
+    from components.retrieval.expansion import check_settings
 
+    qe, qe_alpha = check_settings(qe, qe_alpha)
     db = embedder.embed_files(ds.db_paths, ds.db_ids, batch_size=batch_size, progress=progress,
                               desc=f"{ds.name} database")
     if not len(db.ids):
@@ -83,6 +101,8 @@ def evaluate_set(ds, embedder, batch_size: int = 32, progress=None, report_failu
            "n_database": len(ds.db_ids), "n_queries": len(ds.query_ids),
            "n_failed": len(failures),
            "failures": [{"id": f.image_id, "path": f.path, "reason": f.reason} for f in failures]}
+    if qe:
+        out["query_expansion"] = {"k": qe, "alpha": qe_alpha}
     failed_queries = len(ds.query_ids) - len(q.ids)
 
     if ds.gnd is not None:
@@ -92,13 +112,14 @@ def evaluate_set(ds, embedder, batch_size: int = 32, progress=None, report_failu
                 "without them (see the report above)")
         db_full, db_ok = _full_matrix(db, len(ds.db_ids), dim)
         q_full, _ = _full_matrix(q, len(ds.query_ids), dim)
+        q_full = expand(q_full, db.embeddings, qe, qe_alpha)  # failed database images are no neighbours
         ranks = revisited_rankings(q_full, db_full, db_ok)
         out["results"] = {p: protocols.revisited_map(ranks, ds.gnd, p, KAPPAS).to_dict()
                           for p in protocols.PROTOCOLS}
     elif ds.solution is not None:
         # Failed index images are simply absent from the search; failed queries get no
         # predictions, which the GLDv2 metric scores as 0.
-        _, top = index_lib.exact_search(q.embeddings, db.embeddings, GLDV2_K)
+        _, top = index_lib.exact_search(expand(q.embeddings, db.embeddings, qe, qe_alpha), db.embeddings, GLDV2_K)
         predictions = {qid: [db.ids[j] for j in row] for qid, row in zip(q.ids, top)}
         out["results"] = {f"mAP@{GLDV2_K}": protocols.gldv2_map_at_k(
             ds.solution, predictions, GLDV2_K), "n_queries_failed": failed_queries}
@@ -107,7 +128,10 @@ def evaluate_set(ds, embedder, batch_size: int = 32, progress=None, report_failu
             raise EvaluationError(
                 f"{len(failures)} UKBench images could not be embedded; every image is a "
                 "query, so the N-S score is undefined without them (see the report above)")
-        _, top = index_lib.exact_search(db.embeddings, db.embeddings, UKBENCH_TOP)
+        # Every query is a database image: its own entry is no neighbour of its expansion, but
+        # it is still ranked (and counts), as the protocol has it.
+        queries = expand(db.embeddings, db.embeddings, qe, qe_alpha, exclude=np.arange(len(db.ids)))
+        _, top = index_lib.exact_search(queries, db.embeddings, UKBENCH_TOP)
         out["results"] = {"ns_score": protocols.ukbench_ns_score(top, ds.groups, top=UKBENCH_TOP)}
     else:
         raise ValueError(f"{ds.name}: the test set carries no ground truth")

@@ -92,16 +92,24 @@ def render_grid(query, query_label: Optional[str], results: list, out=None):
     return canvas
 
 
+def gallery_row(image_path: str, index) -> Optional[int]:
+    """The row of the gallery entry made from the same file as the query, or None."""
+    # Gallery paths are stored absolute (as scanned); compare strings, not one realpath per
+    # gallery entry, which would stat every file of a large gallery.
+    real, absolute = os.path.realpath(image_path), os.path.abspath(image_path)
+    for row, path in enumerate(index.paths or ()):
+        if path in (real, absolute):
+            return row
+    return None
+
+
 def infer_query_label(image_path: str, index) -> Optional[str]:
     """The query's label when the gallery tells it: the label of the gallery entry with the
     same file, else the query's parent folder name when that is one of the gallery's labels."""
     if not index.labels:
         return None
-    # Gallery paths are stored absolute (as scanned); compare strings, not one realpath per
-    # gallery entry, which would stat every file of a large gallery.
-    real, absolute = os.path.realpath(image_path), os.path.abspath(image_path)
-    for path, label in zip(index.paths or (), index.labels):
-        if path in (real, absolute):
-            return label
-    parent = os.path.basename(os.path.dirname(real))
+    row = gallery_row(image_path, index)
+    if row is not None:
+        return index.labels[row]
+    parent = os.path.basename(os.path.dirname(os.path.realpath(image_path)))
     return parent if parent in set(index.labels) else None
