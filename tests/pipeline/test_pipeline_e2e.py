@@ -20,6 +20,8 @@ import pytest
 import tensorflow as tf
 
 from PIL import Image
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import saved_model_pb2
 
 from components.image_example_gen.inputs import display_name, from_display_name
 from conftest import REPO, load_fixture
@@ -151,6 +153,271 @@ def test_a_real_browser_renders_the_report(first_run, tmp_path):
     assert (pixels < 128).mean() > 0.01            # text and pictures, not just background
     ink_columns = np.flatnonzero((pixels < 200).any(axis=0))
     assert ink_columns.min() > 20 and ink_columns.max() < 1260  # laid out inside the window
+
+
+CHROMIUM = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+HEADLINE = ("retrieval_mAP", "retrieval_mAP@100", "recall@1", "recall@5", "recall@10")
+STACK = ("tfx", "tensorflow", "tf-keras", "tensorflow-transform", "tensorflow-model-analysis", "apache-beam",
+         "ml-metadata")
+
+
+class _Node:
+    def __init__(self, tag, attrs, parent=None):
+        self.tag, self.attrs, self.parent, self.children = tag, dict(attrs), parent, []
+
+    def text(self):
+        return " ".join(" ".join((c if isinstance(c, str) else c.text()) for c in self.children).split())
+
+    def find_all(self, tag):
+        for child in self.children:
+            if isinstance(child, _Node):
+                if child.tag == tag:
+                    yield child
+                yield from child.find_all(tag)
+
+    def following(self, tag):
+        """The next sibling element after this one, if it is a ``tag``."""
+        siblings = [c for c in self.parent.children if isinstance(c, _Node)]
+        rest = siblings[siblings.index(self) + 1:]
+        return rest[0] if rest and rest[0].tag == tag else None
+
+
+class _Dom(html.parser.HTMLParser):
+    """The page as a tree of _Node (enough of a DOM for the report: chromium's serialisation)."""
+    VOID = {"meta", "link", "img", "br", "hr", "input", "source", "wbr"}
+
+    def __init__(self, page):
+        super().__init__()
+        self.root = self.current = _Node("#document", {})
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        node = _Node(tag, attrs, self.current)
+        self.current.children.append(node)
+        if tag not in self.VOID:
+            self.current = node
+
+    def handle_startendtag(self, tag, attrs):
+        self.current.children.append(_Node(tag, attrs, self.current))
+
+    def handle_endtag(self, tag):
+        node = self.current
+        while node is not self.root and node.tag != tag:
+            node = node.parent
+        if node is not self.root:
+            self.current = node.parent
+
+    def handle_data(self, data):
+        self.current.children.append(data)
+
+
+def _rows(table):
+    return [[cell.text() for cell in row.children if isinstance(cell, _Node) and cell.tag in ("td", "th")]
+            for row in table.find_all("tr")]
+
+
+def _dump_dom(report, profile):
+    """The DOM Chromium built from ``report`` (after parsing and layout, as a reader sees it)."""
+    run = subprocess.run([*CHROMIUM, f"--user-data-dir={profile}", "--dump-dom", report.as_uri()],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "<section" in run.stdout, run.stderr[-2000:]
+    return run.stdout
+
+
+def _report_facts(dom_text):
+    """Every fact the rendered report states, by section: its tables (header and rows), its
+    headings with their lists, its paragraphs, its charts (label, axis texts, points) and its
+    pictures (caption, decoded size). The 'report written' time is the one thing left out."""
+    dom = _Dom(dom_text)
+    facts = {}
+    for section in dom.root.find_all("section"):
+        sid = section.attrs["id"]
+        pictures = []
+        for figure in section.find_all("figure"):
+            for img in figure.find_all("img"):
+                src = img.attrs["src"]
+                assert src.startswith("data:image/png;base64,"), src[:60]  # self-contained
+                with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:
+                    im.load()
+                    pixels = np.asarray(im.convert("RGB"), np.float32)
+                pictures.append({"alt": img.attrs.get("alt"), "caption": figure.text(), "size": im.size,
+                                 "std": float(pixels.std())})
+        charts = []
+        for svg in section.find_all("svg"):
+            [line] = list(svg.find_all("polyline"))
+            points = [tuple(map(float, p.split(","))) for p in line.attrs["points"].split()]
+            charts.append({"name": svg.attrs.get("aria-label"), "texts": [t.text() for t in svg.find_all("text")],
+                           "points": points, "dots": len(list(svg.find_all("circle")))})
+        facts[sid] = {
+            "title": next(section.find_all("h2")).text(),
+            "tables": [_rows(t) for t in section.find_all("table")],
+            "lists": {h.text(): [li.text() for li in (h.following("ul") or _Node("ul", {})).find_all("li")]
+                      for h in section.find_all("h3")},
+            "paragraphs": [p.text() for p in section.find_all("p")],
+            "charts": charts, "pictures": pictures}
+    return facts
+
+
+def _words(text):
+    """Text as a rendered DOM's text reads (runs of white space as one space)."""
+    return " ".join(text.split())
+
+
+def _without_pixels(facts):
+    """The facts without each picture's pixel spread (float rounding of a re-embedding)."""
+    return {sid: {**f, "pictures": [{k: v for k, v in p.items() if k != "std"} for p in f["pictures"]]}
+            for sid, f in facts.items()}
+
+
+def _table(facts, section, first_cell):
+    """The table of ``section`` whose first row starts with ``first_cell``, as {first cell: rest}."""
+    [table] = [t for t in facts[section]["tables"] if t and t[0][0] == first_cell]
+    return {row[0]: row[1:] for row in table}
+
+
+def _events(out):
+    """{tag: {step: value}} of the Trainer's TensorBoard events, read here, not by run_facts."""
+    [run] = (out / "pipeline" / "Trainer" / "model_run").iterdir()
+    series = {}
+    for name in sorted((run / "tensorboard" / "train").glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(name)):
+            for value in event.summary.value:
+                if value.tag.startswith(("epoch_", "batch_")):  # scalars (not the model graph's JSON)
+                    number = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value
+                    series.setdefault(value.tag, {})[int(event.step)] = number
+    return series
+
+
+def _assert_report_states_the_runs_facts(facts, first_run):
+    """Each section of a rendered report against the run's own records, read here: ML Metadata
+    (component states and times), the ingestion report file, TFMA's metrics, the Trainer's
+    event files, the installed packages, the held-out split and the pushed SavedModel."""
+    import importlib.metadata as md
+
+    summary, out = first_run["summary"], first_run["out"]
+    assert list(facts) == list(SECTIONS)
+    # The run: what was run on what, and each component's state and wall time from ML Metadata.
+    run = _table(facts, "run", "started")
+    assert run["data"] == [str(first_run["data"])] and run["output"] == [str(out)] and run["preset"] == ["tiny"]
+    _, _, executions = local_runner.latest_run_executions(local_runner.Layout(str(out)))
+    seconds = {name: max(e.last_update_time_since_epoch - e.create_time_since_epoch, 0) / 1000.0
+               for name, e in executions.items()}
+    components = _table(facts, "run", "component")
+    assert set(components) - {"component"} == set(executions) >= set(COMPONENTS)
+    for name, execution in executions.items():
+        assert components[name] == [local_runner._state(execution), str(round(seconds[name], 1))], name
+    assert run["components' time (sum)"] == [f"{sum(seconds.values()):.1f} s"]
+    stack = _table(facts, "run", "package")
+    assert {k: v[0] for k, v in stack.items() if k != "package"} == {name: md.version(name) for name in STACK}
+    # Ingestion: the counts, then each reason with its count and its first 20 paths in path order.
+    ing = summary["ingestion"]
+    counts = _table(facts, "ingestion", "files seen")
+    assert counts == {"files seen": [str(ing["files_seen"])], "emitted": [str(ing["emitted_total"])],
+                      "train": [str(ing["emitted"]["train"])], "eval (held-out labels)": [str(ing["emitted"]["eval"])],
+                      "rejected": [str(ing["rejected"])],
+                      "EXIF-rotated (turned upright)": [str(ing.get("exif_rotated", 0))]}
+    with open(summary["ingestion_report"]) as f:
+        rejected = [json.loads(line) for line in f if line.strip()]
+    by_reason = {}
+    for row in rejected:
+        by_reason.setdefault(row["reason"], []).append(row["path"])
+    assert len(rejected) == ing["rejected"] == sum(v["expect"] == "reject" for v in first_run["zoo"].values())
+    assert facts["ingestion"]["lists"] == {f"{reason}: {len(paths)}": [_words(p) for p in sorted(paths)[:20]]
+                                           for reason, paths in by_reason.items()}
+    # Training: one chart per curve the Trainer logged; the learning rate drawn point by point.
+    events = _events(out)
+    charts = {c["name"]: c for c in facts["training"]["charts"]}
+    assert set(charts) == {"epoch_loss", "epoch_learning_rate", "batch_loss"} & set(events) and "epoch_learning_rate" in charts
+    for name, chart in charts.items():
+        steps, values = zip(*sorted(events[name].items()))
+        assert chart["dots"] == len(chart["points"]) == len(values), name
+        assert chart["texts"] == [f"{max(values):.4g}", f"{min(values):.4g}", str(steps[0]), str(steps[-1]), name]
+        xs, ys = zip(*chart["points"])
+        assert all(a < b for a, b in zip(xs, xs[1:])), name  # in step order
+        for i, j in itertools.combinations(range(len(values)), 2):  # higher value, higher on the page
+            if abs(values[i] - values[j]) > 1e-3 * (max(values) - min(values)):
+                assert (values[i] > values[j]) == (ys[i] < ys[j]), (name, values, ys)
+    lr = [v for _, v in sorted(events["epoch_learning_rate"].items())]
+    assert len(lr) == -(-CONFIG.train_steps // CONFIG.steps_per_epoch)  # one per epoch, the last one short
+    # Warm-up (2 steps) ends before the first epoch: from there a cosine decay that reaches 0.
+    assert 0 < lr[0] <= CONFIG.learning_rate and lr == sorted(lr, reverse=True) and lr[-1] < 1e-6, lr
+    # Evaluation: the verdict, the thresholds of the tiny preset, every headline metric by name.
+    paragraphs = " ".join(facts["evaluation"]["paragraphs"])
+    assert "BLESSED: pushed to serving." in paragraphs and "NOT BLESSED" not in paragraphs
+    assert f"Thresholds: held-out mAP ≥ {CONFIG.min_map}; no comparison with the last blessed model " \
+           "(max_map_drop is null)." in paragraphs and CONFIG.max_map_drop is None
+    assert "No earlier blessed model" in paragraphs
+    metrics = local_runner.evaluation_metrics(
+        str(next((out / "pipeline" / "Evaluator" / "evaluation").iterdir())))
+    assert metrics == summary["metrics"]
+    table = _table(facts, "evaluation", "metric")
+    assert [k for k in table if k != "metric"] == list(HEADLINE)
+    for name in HEADLINE:
+        shown, baseline, change = table[name]
+        assert abs(float(shown) - metrics[name]) <= 5e-5 and baseline == change == "", (name, table[name])
+    # Pictures: one retrieval grid and one attention map per held-out query (the first image of
+    # each of the first 4 held-out labels), each a PNG that decodes and is not blank.
+    ids, _, labels = demo_report.read_split(summary["examples"])
+    firsts = [ids[labels.index(label)] for label in dict.fromkeys(labels)][:4]
+    for section in ("retrieval", "attention"):
+        pictures = facts[section]["pictures"]
+        assert [p["alt"] for p in pictures] == firsts, section
+        assert [p["caption"] for p in pictures] == [_words(i) for i in firsts], section
+        assert all(p["std"] > 5 for p in pictures), section
+    assert all(p["size"][0] > p["size"][1] for p in facts["attention"]["pictures"])  # overlay + colour bar
+    # The model card: the pushed model's signatures and the headline numbers.
+    signatures = _table(facts, "model-card", "signature")
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((pathlib.Path(summary["pushed_to"]) / "saved_model.pb").read_bytes())
+    [graph] = saved_model.meta_graphs
+    assert set(signatures) - {"signature"} == set(graph.signature_def) >= {"serving_default", "attention"}
+    def tensors(infos):  # as saved_model_cli shows them: name dtype shape
+        return ", ".join(f"{k} {types_pb2.DataType.Name(v.dtype)} "
+                         f"{None if v.tensor_shape.unknown_rank else [d.size for d in v.tensor_shape.dim]}"
+                         for k, v in sorted(infos.items()))
+
+    for name, signature in graph.signature_def.items():
+        assert signatures[name] == [tensors(signature.inputs), tensors(signature.outputs)], name
+    card = " ".join(facts["model-card"]["paragraphs"])
+    for name in ("retrieval_mAP", "recall@1"):
+        assert f"{name} {metrics[name]:.4f}" in card, name
+    assert f"{first_run['data']}: {ing['emitted_total']} images" in card
+
+
+@pytest.fixture(scope="module")
+def rendered(first_run, tmp_path_factory):
+    """report.html as the run wrote it, rendered by Chromium: its DOM's facts (see
+    _report_facts). Read before any test rewrites the report."""
+    subprocess.run([str(DEVENV), "packages", "chromium", "fonts-dejavu-core"], check=True, timeout=900,
+                   capture_output=True)
+    return _report_facts(_dump_dom(first_run["out"] / "report.html", tmp_path_factory.mktemp("chromium")))
+
+
+@pytest.mark.slow
+def test_the_rendered_report_states_the_runs_own_facts(first_run, rendered):
+    """What Chromium renders of report.html, section by section, against the run's own records.
+
+    Mutations tried, each failing it: ("attention", "Attention") dropped from run_report.SECTIONS
+    (the section list differs); recall@1 and recall@5 swapped in _section_evaluation's rows
+    (recall@1 shows recall@5's number)."""
+    _assert_report_states_the_runs_facts(rendered, first_run)
+
+
+@pytest.mark.slow
+def test_the_report_command_writes_the_same_facts_again(first_run, rendered, tmp_path):
+    """`dolg-tfx report OUT` on the run's output folder rewrites report.html with the same facts
+    (all of them, every section; only the time it was written differs)."""
+    report = first_run["out"] / "report.html"
+    before = report.stat().st_mtime_ns
+    run = subprocess.run([str(DEVENV), "run", "dolg-tfx", "report", "out"], cwd=first_run["home"],
+                         env=outside_env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert f"wrote {report}" in run.stdout and report.stat().st_mtime_ns != before
+    again = _report_facts(_dump_dom(report, tmp_path / "profile"))
+    assert _without_pixels(again) == _without_pixels(rendered)  # pictures: same names, sizes
+    _assert_report_states_the_runs_facts(again, first_run)
 
 
 def _numpy_map(embeddings, labels, misses_ahead=None):
