@@ -635,7 +635,9 @@ def test_exif_orientations_match_pillow_in_serving_and_the_transform_graph(first
         files = [rotated[v] for v in range(1, 9)]
         pillow = [_transposed_by_pillow(b) for b in files]
         # The Transform graph and serving against Pillow's exif_transpose of the same bytes.
-        np.testing.assert_allclose(transformed(files), transformed(pillow), atol=2.0 if fmt == "JPEG" else 1e-4)
+        # 1e-3 for PNG: the graph resizes before it turns the image (float sums in another
+        # order: 2.3e-4 measured); a wrong turn moves values by tens.
+        np.testing.assert_allclose(transformed(files), transformed(pillow), atol=2.0 if fmt == "JPEG" else 1e-3)
         got, want = (serve(images=tf.constant(b))["embedding"].numpy() for b in (files, pillow))
         np.testing.assert_allclose(got, want, atol=0.01 if fmt == "JPEG" else 1e-5)
         # And the same embedding as the upright photo (JPEG: each turn was re-encoded).
