@@ -7,11 +7,11 @@ import click
 def _run_pipeline(config, data, output, verbose, preset, before=None, after=None, **kwargs):
     """local_runner.run behind a quiet console (one line per component; everything in a log
     file under the output; the whole stream with --verbose), then the run's report.html.
-    ``before() -> str`` and ``after(summary) -> str`` run inside the console too (their noise
+    ``before() -> str`` and ``after(summary, loaded model) -> str`` run inside the console too (their noise
     goes to the log; before's text is said on the console).
     Returns (summary, report path, log path, after's text); refusals (output held by another run, an
     unreadable artifact) become one-line CLI errors."""
-    from pipeline import console as console_lib, local_runner, run_facts, run_lock, run_report
+    from pipeline import console as console_lib, demo_report, local_runner, run_facts, run_lock, run_report
     from pipeline.console import ComponentLines, Console
 
     log_path = console_lib.log_path(output, "run")
@@ -26,8 +26,9 @@ def _run_pipeline(config, data, output, verbose, preset, before=None, after=None
             summary = local_runner.run(config, data, output, verbose=verbose, preset=preset, watch=lines,
                                        **kwargs)
             console.say("Writing the report ...")
-            report = run_report.write_report(layout.output)
-            extra = after(summary) if after is not None else ""
+            model = demo_report.report_model(summary)  # one load for the report and the closing text
+            report = run_report.write_report(layout.output, model)
+            extra = after(summary, model) if after is not None else ""
     except (run_lock.RunLocked, local_runner.ArtifactUnreadable) as err:
         raise click.ClickException(str(err))
     return summary, report, log_path, extra
@@ -115,10 +116,10 @@ def demo(output, landmarks, views, preset, config_file, verbose):
 
 
 def _demo_report(config):
-    def after(summary):
+    def after(summary, model):
         from pipeline import demo_report
 
-        return demo_report.report(config, summary)
+        return demo_report.report(config, summary, model)
     return after
 
 

@@ -22,11 +22,22 @@ def read_split(examples_uri, split="eval"):
     return ids, images, labels
 
 
-def embed_saved_model(model_dir, images, batch_size=32):
-    """The pushed model's embeddings of encoded images, through its serving signature."""
+def report_model(summary: dict):
+    """The model a run's report shows (the pushed one, else the Trainer's) loaded once as an
+    Embedder, or None when the run has none. The demo's closing text shares it: a load and its
+    first call cost seconds each."""
     from components.retrieval.embedder import Embedder
 
-    embedder = Embedder(model_dir)
+    model = summary.get("pushed_to") or summary.get("model")
+    return Embedder(model) if model else None
+
+
+def embed_saved_model(model_dir, images, batch_size=32, embedder=None):
+    """The model's embeddings of encoded images, through its serving signature (``embedder``:
+    that model already loaded)."""
+    from components.retrieval.embedder import Embedder
+
+    embedder = embedder or Embedder(model_dir)
     return np.concatenate([embedder.embed_bytes(images[i:i + batch_size])
                            for i in range(0, len(images), batch_size)])
 
@@ -46,22 +57,26 @@ def embed_untrained(config, images, batch_size=32, seed=0):
     return np.concatenate(out)
 
 
-def query_pushed_index(summary, image: bytes, k: int):
+def query_pushed_index(summary, image: bytes, k: int, embedder=None):
     """(index folder, index, scores, rows) of one encoded image searched in the run's pushed
-    gallery index with the pushed model, after the version check ``dolg-tfx search`` makes."""
+    gallery index with the pushed model (``embedder``: it, loaded), after the version check
+    ``dolg-tfx search`` makes."""
     from components.retrieval.index import GalleryIndex
     from components.retrieval.model_versions import check_index_matches_model
 
     index_dir = summary["gallery_index"]["index_dir"]
     index = GalleryIndex.load(index_dir)
     check_index_matches_model(index.model_version, index_dir, summary["pushed_to"])
-    scores, rows = index.search(embed_saved_model(summary["pushed_to"], [image]), k)
+    scores, rows = index.search(embed_saved_model(summary["pushed_to"], [image], embedder=embedder), k)
     return index_dir, index, scores[0], rows[0]
 
 
-def report(config, summary) -> str:
+def report(config, summary, embedder=None) -> str:
+    """The closing text. ``embedder``: ``report_model(summary)``, the trained model
+    (pushed, when it was) loaded once for the report and this text."""
+    embedder = embedder or report_model(summary)
     ids, images, labels = read_split(summary["examples"])
-    trained = embed_saved_model(summary["model"], images)
+    trained = embed_saved_model(summary["model"], images, embedder=embedder)  # the pushed copy, if pushed
     untrained = embed_untrained(config, images)
     map_trained = leave_one_out_retrieval(trained, labels).mAP
     map_untrained = leave_one_out_retrieval(untrained, labels).mAP
@@ -72,7 +87,7 @@ def report(config, summary) -> str:
     q = 0
     if (summary.get("gallery_index") or {}).get("indexed"):
         # The gallery holds the query itself: ask for one more and leave it out.
-        index_dir, index, scores, rows = query_pushed_index(summary, images[q], 6)
+        index_dir, index, scores, rows = query_pushed_index(summary, images[q], 6, embedder)
         found = [(index.ids[r], index.labels[r] if index.labels else "", s)
                  for s, r in zip(scores, rows) if index.ids[r] != ids[q]][:5]
         lines.append(f"Query {ids[q]} (landmark {labels[q]}), embedded by the pushed model (version "

@@ -75,21 +75,20 @@ def svg_chart(curve, width: int = 460, height: int = 200) -> str:
             f'points="{points}"/>{dots}{labels}</svg>')
 
 
-def _held_out_pictures(summary: dict, n_queries: int = 4, k: int = 5, n_attention: int = 4):
-    """Grids of a few held-out queries with their top-k, and attention overlays: PIL images."""
+def _held_out_pictures(summary: dict, embedder=None, n_queries: int = 4, k: int = 5, n_attention: int = 4):
+    """Grids of a few held-out queries with their top-k, and attention overlays: PIL images.
+    ``embedder``: ``report_model(summary)`` if the caller has it already."""
     from components.retrieval import search_grid, serving_contract
-    from components.retrieval.embedder import Embedder
     from dolg_model import explain
-    from pipeline.demo_report import read_split
+    from pipeline.demo_report import read_split, report_model
     from PIL import Image, ImageOps
 
-    model = summary.get("pushed_to") or summary.get("model")
-    if not model or not summary.get("examples"):
+    if not (summary.get("pushed_to") or summary.get("model")) or not summary.get("examples"):
         return [], []
     ids, images, labels = read_split(summary["examples"])
     if len(ids) < 2:
         return [], []
-    embedder = Embedder(model)  # loaded once: embeddings and attention maps
+    embedder = embedder or report_model(summary)  # loaded once: embeddings and attention maps
     embeddings = embedder.embed_bytes(images)
     queries, seen = [], set()
     for i, label in enumerate(labels):  # one query per label, the first few labels
@@ -209,8 +208,9 @@ def _section_model_card(summary, ev, manifest) -> str:
         f"<h3>Exported signatures</h3>{signatures}")
 
 
-def build_html(output: str) -> str:
-    """The report of the latest run in ``output`` (a run's output folder)."""
+def build_html(output: str, embedder=None) -> str:
+    """The report of the latest run in ``output`` (a run's output folder); ``embedder``: its
+    ``report_model`` if the caller has loaded it already."""
     from pipeline import local_runner, run_facts, run_manifest
     from pipeline.config import PipelineConfig
 
@@ -220,7 +220,7 @@ def build_html(output: str) -> str:
     config = PipelineConfig.from_json(json.dumps(manifest["config"])) if manifest.get("config") else PipelineConfig()
     times = run_facts.component_times(layout)
     ev = run_facts.evaluation(layout, summary, config)
-    grids, overlays = _held_out_pictures(summary)
+    grids, overlays = _held_out_pictures(summary, embedder)
     bodies = {"run": _section_run(manifest, times, sum(s for _, s in times.values())),
               "ingestion": _section_ingestion(summary, run_facts.rejected_files(summary.get("ingestion_report"))),
               "training": _section_training(run_facts.training_curves(layout)),
@@ -240,11 +240,11 @@ def build_html(output: str) -> str:
             f"{sections}</body></html>")
 
 
-def write_report(output: str) -> str:
-    """Writes ``<output>/report.html`` and returns its path."""
+def write_report(output: str, embedder=None) -> str:
+    """Writes ``<output>/report.html`` and returns its path (``embedder``: see build_html)."""
     import tensorflow as tf
 
     path = f"{output.rstrip('/')}/{REPORT_FILE}"
     with tf.io.gfile.GFile(path, "w") as f:
-        f.write(build_html(output))
+        f.write(build_html(output, embedder))
     return path

@@ -71,7 +71,7 @@ def test_run_command_passes_beam_mode_to_the_pipeline(tmp_path, monkeypatch):
         return {"run": "r", "components": {}}
 
     monkeypatch.setattr(local_runner, "run", fake_run)
-    monkeypatch.setattr(run_report, "write_report", lambda output: f"{output}/report.html")
+    monkeypatch.setattr(run_report, "write_report", lambda output, model=None: f"{output}/report.html")
     result = CliRunner().invoke(main, ["run", "--data", str(tmp_path), "--output", str(tmp_path / "o"),
                                        "--preset", "tiny", "--beam-mode", "multi_processing",
                                        "--beam-workers", "3", "--no-cache"])
