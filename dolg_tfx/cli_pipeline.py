@@ -11,7 +11,7 @@ def _run_pipeline(config, data, output, verbose, preset, before=None, after=None
     goes to the log; before's text is said on the console).
     Returns (summary, report path, log path, after's text); refusals (output held by another run, an
     unreadable artifact) become one-line CLI errors."""
-    from pipeline import console as console_lib, demo_report, local_runner, run_facts, run_lock, run_report
+    from pipeline import console as console_lib, local_runner, run_facts, run_lock, run_report
     from pipeline.console import ComponentLines, Console
 
     log_path = console_lib.log_path(output, "run")
@@ -26,6 +26,8 @@ def _run_pipeline(config, data, output, verbose, preset, before=None, after=None
             summary = local_runner.run(config, data, output, verbose=verbose, preset=preset, watch=lines,
                                        **kwargs)
             console.say("Writing the report ...")
+            from pipeline import demo_report  # imports TensorFlow: inside the console, whose log takes its notices
+
             model = demo_report.report_model(summary)  # one load for the report and the closing text
             report = run_report.write_report(layout.output, model)
             extra = after(summary, model) if after is not None else ""
