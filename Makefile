@@ -21,7 +21,7 @@ install: setup
 	@$(DEVENV) install-launcher $(PREFIX)/bin
 
 test: setup
-	@$(DEVENV) run python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	@$(DEVENV) run python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 demo: setup
 	@$(DEVENV) run dolg-tfx demo $(DEMO_ARGS)
