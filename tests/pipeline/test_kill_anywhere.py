@@ -14,11 +14,17 @@ Kill points: a component is "executing" once ML Metadata records its execution a
 the current run (polled read-only); the Pusher runs too briefly for that, so it is killed the
 moment its version folder appears in the serving folder, i.e. in the middle of the copy. The
 Trainer is killed once it is RUNNING and has written a backup.
+
+Whether that kill lands inside the Pusher's copy or just after it is luck, so the state a cut
+copy leaves is also built for certain: copies of the real model with no or a truncated
+``saved_model.pb`` (plant_half_pushes), planted before the final run (whose start-up must
+remove them) and beside the final pushed version (which readers must resolve instead).
 """
 import glob
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +52,27 @@ START_TIMEOUT_S, RUN_TIMEOUT_S = 600, 900
 STEPS, EPOCH = 40, 10
 
 
+def plant_half_pushes(model_dir, base, first_version):
+    """Two version folders under ``base`` as a Pusher killed in the middle of its copy leaves
+    them, made from the real SavedModel folder ``model_dir`` (TFX's Pusher copies it file by
+    file): ``first_version`` has every file but ``saved_model.pb`` (the copy stopped before
+    it), ``first_version + 1`` has them all with ``saved_model.pb`` cut to half its bytes (the
+    copy stopped inside it). Returns the two folders, in that order."""
+    from components.retrieval.model_versions import SAVED_MODEL_FILE
+
+    missing, truncated = (os.path.join(base, str(first_version + i)) for i in (0, 1))
+    for folder in (missing, truncated):
+        shutil.copytree(model_dir, folder)
+    os.remove(os.path.join(missing, SAVED_MODEL_FILE))
+    pb = os.path.join(truncated, SAVED_MODEL_FILE)
+    with open(pb, "rb") as f:
+        data = f.read()
+    with open(pb, "wb") as f:
+        f.write(data[:len(data) // 2])
+    assert os.listdir(os.path.join(missing, "variables")) and os.path.getsize(pb) > 0  # half there, not empty
+    return missing, truncated
+
+
 class Chain:
     """The shared output folder and what each run of the chain left in ML Metadata."""
 
@@ -60,6 +87,7 @@ class Chain:
         self.killed = {}  # component -> {component: state} of the run killed during it
         self.logs = {}
         self.cut_push = None  # (version folder the killed push was writing, complete then?)
+        self.planted = ()  # half-pushed version folders put in before the final run
         self.final = None
 
     def _start(self, tag):
@@ -135,6 +163,13 @@ class Chain:
         """The last rerun, after a kill in every component: (summary, versions before, after)."""
         if self.final is None:
             self.kill_during(CHAIN[-1])
+            # Whether run 5's kill cut its copy short is luck: two certainly half-copied
+            # versions, above any version a push will take (Pusher: int(time.time())), made
+            # from the model the Pusher copies, the Trainer's export (cached in run 5).
+            store, _, executions = local_runner.latest_run_executions(self.layout)
+            [model] = local_runner._outputs(store, executions["Trainer"], "Model")
+            self.planted = plant_half_pushes(os.path.join(model.uri, "Format-Serving"),
+                                             self.layout.serving_model_dir, int(time.time()) + 10**6)
             before = model_versions.version_dirs(self.layout.serving_model_dir)
             proc = self._start("final")
             proc.wait(timeout=RUN_TIMEOUT_S)
@@ -197,6 +232,8 @@ def test_kill_during_pusher_reuses_the_trainer(chain):
 
 
 def test_rerun_after_the_kills_is_blessed_with_exactly_one_new_complete_version(chain):
+    """Mutation that fails it: the ``remove_incomplete_versions`` loop dropped from
+    ``local_runner.run`` (the two half-pushed folders planted before this run stay)."""
     summary, before, after = chain.finish()
     assert summary["blessed"] is True
     states = summary["components"]
@@ -204,9 +241,14 @@ def test_rerun_after_the_kills_is_blessed_with_exactly_one_new_complete_version(
     # one, so the Resolver now hands it in as the baseline, a changed input.
     assert states["Evaluator"] == "COMPLETE" and states["Pusher"] == "COMPLETE", states
     assert all(states[c] == "CACHED" for c in INGESTION + ["Transform", "Trainer"]), states
-    # Only complete versions are left: the killed push's folder was removed if the kill cut
-    # its copy short; if the copy had just finished, it stays, complete.
+    # Only complete versions are left: the run's start-up removed the two half-pushed folders
+    # planted before it (certainly), and the killed push's folder if the kill cut its copy
+    # short; if that copy had just finished, it stays, complete.
     assert after and all(model_versions.is_complete_version(v) for v in after), after
+    log = chain.logs["final"].read_text()
+    for folder in chain.planted:
+        assert folder in before and folder not in after and not os.path.exists(folder), (folder, after)
+        assert f"Removed {folder}: a model version left incomplete by an interrupted push" in log, folder
     folder, was_complete = chain.cut_push
     if not was_complete:
         assert folder not in after and not os.path.exists(folder)
@@ -214,6 +256,34 @@ def test_rerun_after_the_kills_is_blessed_with_exactly_one_new_complete_version(
     new = [v for v in after if v not in before]
     assert len(new) == 1 and os.path.samefile(new[0], summary["pushed_to"]), (before, after, summary)
     assert os.path.isfile(os.path.join(summary["pushed_to"], "saved_model.pb"))
+
+
+def test_readers_never_take_a_half_pushed_version(chain, tmp_path):
+    """The chain's real pushed version V beside two copies of it that a Pusher killed mid-copy
+    would leave, numbered above it (V+1: no saved_model.pb, V+2: saved_model.pb cut in half):
+    they are incomplete, a serving folder resolves to V, a reader pointed at a half-pushed
+    folder itself refuses it, and the clean-up removes exactly those two.
+
+    Mutation that fails it: ``is_complete_version`` reduced to ``tf.io.gfile.exists(path)``
+    (the truncated V+2 then counts as complete)."""
+    from components.retrieval import serving_contract
+
+    summary, _, _ = chain.finish()
+    pushed = summary["pushed_to"]
+    version = int(os.path.basename(pushed))
+    base = str(tmp_path / "serving")
+    good = shutil.copytree(pushed, os.path.join(base, str(version)))
+    missing, truncated = plant_half_pushes(pushed, base, version + 1)
+    assert model_versions.is_complete_version(good)
+    for folder in (missing, truncated):
+        assert not model_versions.is_complete_version(folder), folder
+        with pytest.raises(FileNotFoundError, match="no complete saved_model.pb"):
+            serving_contract.resolve_model_dir(folder)
+    assert model_versions.version_dirs(base) == [good, missing, truncated]
+    assert model_versions.complete_versions(base) == [good]
+    assert os.path.samefile(serving_contract.resolve_model_dir(base), good)
+    assert model_versions.remove_incomplete_versions(base) == [missing, truncated]
+    assert model_versions.version_dirs(base) == [good] and model_versions.is_complete_version(good)
 
 
 def test_the_verbose_console_carries_the_whole_log(chain):
