@@ -22,16 +22,7 @@ from pipeline.demo_data import generate_landmarks
 TOL = 1e-6
 
 
-def dense(vectors, database, k, alpha, exclude=None):
-    """normalise(v + sum_{j in top-k} max(s_j, 0)^alpha x_j) from a float64 score matrix."""
-    v, db = np.asarray(vectors, np.float64), np.asarray(database, np.float64)
-    scores = v @ db.T
-    if exclude is not None:
-        scores[np.arange(len(v)), exclude] = -np.inf
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    s = np.take_along_axis(scores, top, axis=1)
-    out = v + np.einsum("nk,nkd->nd", np.where(s > 0, np.abs(s) ** alpha, 0.0), db[top])
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
+dense = load_fixture("vectors").dense_expansion
 
 
 @pytest.fixture(scope="module")
