@@ -56,7 +56,7 @@ def shard_files(file_pattern, num_shards: int, index: int):
 
 
 def make_dataset(file_pattern, data_accessor, tf_transform_output, batch_size, training, augment=True,
-                 input_context=None, seed=None):
+                 input_context=None, seed=None, keep_ids=False):
     """Batches of ({"image", "label"}, label) for the training model.
 
     Args:
@@ -72,6 +72,9 @@ def make_dataset(file_pattern, data_accessor, tf_transform_output, batch_size, t
         file when there are enough files, else by batch before any image is decoded.
       seed: the shuffle seed. Sharding by DATA needs one: every worker must draw the same
         order, or the workers' batches would overlap.
+      keep_ids: also pass each example's raw image id through (``features["image_id"]``, one
+        string per example), so a test can see exactly which examples an input pipeline read;
+        run_fn never asks for it.
     """
     shards, index, files = 1, 0, file_pattern
     if input_context is not None:
@@ -97,7 +100,10 @@ def make_dataset(file_pattern, data_accessor, tf_transform_output, batch_size, t
         if training and augment:
             images = augment_images(images)
         labels = tf.cast(tf.reshape(out[F.LABEL], [-1]), tf.int32)
-        return {F.IMAGE: images, F.LABEL: labels}, labels
+        features = {F.IMAGE: images, F.LABEL: labels}
+        if keep_ids:
+            features[F.IMAGE_ID] = tf.reshape(raw_features[F.IMAGE_ID], [-1])
+        return features, labels
 
     data = raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     if input_context is not None:
