@@ -160,6 +160,72 @@ def test_two_workers_train_like_one_process_and_only_the_chief_exports(inputs, t
     assert diffs[worst] <= WEIGHT_ATOL, (worst, diffs[worst])
 
 
+def _flat(batches):
+    return [i for batch in batches for i in batch]
+
+
+@pytest.mark.slow
+def test_each_worker_reads_its_own_share_of_the_train_split_by_data_and_by_file(inputs, tmp_path):
+    """The image ids each worker's input pipeline yields, from the dataset run_fn hands to fit
+    in two real worker processes (fixture ``consumed``: no training), for both ways
+    make_dataset shards: by DATA on ExampleGen's one train file (fewer files than workers) and
+    by FILE on the same examples dealt over 3 files (worker i reads sorted files i, i+2, ...).
+
+    Mutations that fail it (each tried once): no ``raw.shard`` in make_dataset (both workers
+    read the same batches: the by-data shares overlap); shard_files always None, i.e. by data
+    where there are files enough (worker 0's first pass holds images of worker 1's file);
+    make_dataset reading ``file_pattern`` instead of its by-file share (every worker reads
+    every file: same); the shuffle seed offset by the worker's index (the by-data orders
+    differ: shares overlap); by file whenever there is one file (worker 1 gets none and
+    fails, so does the cluster)."""
+    paths = json.loads(inputs.read_text())
+    split = paths["train_ids"]
+    everything, by_file = split["all"], split["by_file"]
+    # The two branches are reached: ExampleGen wrote fewer files than workers, the copy more.
+    assert split["files"] < 2 <= len(by_file)
+    assert len(set(everything)) == len(everything) == sum(map(len, by_file))
+    per_replica = load_config("tiny").batch_size // 2  # one replica per worker
+    steps = -(-len(everything) // per_replica)  # every worker's share passed over at least once
+    out = tmp_path / "consumed"
+    out.mkdir()
+    logs = [tmp_path / "consumed0.log", tmp_path / "consumed1.log"]
+    ports = local_cluster.free_ports(2)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(ENV)
+    procs = [subprocess.Popen([sys.executable, str(FIXTURE), "consumed", str(inputs), str(out),
+                               _config_json(steps, steps, EQUAL_LR), str(steps)],
+                              env=dict(env, TF_CONFIG=local_cluster.tf_config(ports, i)),
+                              stdout=open(logs[i], "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+             for i in range(2)]
+    _wait(procs, logs, timeout=300)
+    got = [json.loads((out / f"consumed-{i}.json").read_text()) for i in range(2)]
+    for i, worker in enumerate(got):
+        for branch in ("data", "file"):
+            assert [len(b) for b in worker[branch]] == [per_replica] * steps, (i, branch)
+
+    # By DATA: the workers take turns at the batches of one seeded order. The global steps that
+    # lie wholly in the first pass give each worker as many images, and different ones...
+    first = len(everything) // (2 * per_replica)
+    shares = [_flat(worker["data"][:first]) for worker in got]
+    for i, share in enumerate(shares):
+        assert len(set(share)) == len(share) == first * per_replica, (i, share)
+    assert not set(shares[0]) & set(shares[1]), sorted(set(shares[0]) & set(shares[1]))
+    # ...and read step by step (worker 0's batch, then worker 1's) they are one pass over the
+    # whole train split before any image comes again.
+    stream = [i for k in range(steps) for worker in got for i in worker["data"][k]]
+    assert sorted(stream[:len(everything)]) == sorted(everything), stream
+
+    # By FILE: each worker reads its own files, all of them, and nothing else; shares of
+    # different sizes (3 files over 2 workers), disjoint, and together the train split.
+    own = [sorted(i for ids in by_file[w::2] for i in ids) for w in range(2)]
+    assert len(own[0]) != len(own[1]) and not set(own[0]) & set(own[1])
+    assert sorted(own[0] + own[1]) == sorted(everything)
+    for w, worker in enumerate(got):
+        seen = _flat(worker["file"])
+        assert sorted(seen[:len(own[w])]) == own[w], (w, seen)  # one pass first, each once
+        assert set(seen) == set(own[w]), (w, sorted(set(seen) - set(own[w])))
+
+
 @pytest.mark.slow
 def test_a_killed_worker_resumes_the_cluster_from_the_backup(inputs, tmp_path):
     steps, per_epoch = 16, 4
