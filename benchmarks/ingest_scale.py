@@ -40,7 +40,7 @@ def rss_mb():
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
 if mode == "bare":
     from components.image_example_gen import inputs
-from components.images import checks
+    from components.images import checks
     import tensorflow  # noqa: F401  (imported before timing, as the executor's process has it)
     start_rss = rss_mb()
     t0 = time.perf_counter()
