@@ -24,17 +24,6 @@ def _image_only_spec():
     return {F.IMAGE: tf.io.FixedLenFeature([1], tf.string)}
 
 
-def _content_box(height, width, size):
-    """Where tf.image.resize_with_pad puts an height x width image in a size x size frame:
-    (top, left, content height, content width), the same arithmetic as TF's own."""
-    h, w, s = (tf.cast(v, tf.float32) for v in (height, width, size))
-    ratio = tf.maximum(w / s, h / s)
-    ch, cw = h / ratio, w / ratio
-    top = tf.cast(tf.maximum(0.0, tf.floor((s - ch) / 2)), tf.int32)
-    left = tf.cast(tf.maximum(0.0, tf.floor((s - cw) / 2)), tf.int32)
-    return top, left, tf.cast(tf.floor(ch), tf.int32), tf.cast(tf.floor(cw), tf.int32)
-
-
 def build_signatures(dolg, tft_layer, raw_feature_spec, scales, resize_mode="pad"):
     """Concrete functions for model.save(signatures=...).
 
@@ -84,7 +73,7 @@ def build_signatures(dolg, tft_layer, raw_feature_spec, scales, resize_mode="pad
         width, height = (tf.cast(v, tf.int32) for v in image_ops.upright_size(image))
         att = tf.image.resize(att, [size, size], method="bilinear")
         if resize_mode == "pad":
-            top, left, ch, cw = _content_box(height, width, size)
+            ch, cw, top, left = image_ops.pad_box(height, width, size)
             att = att[top:top + ch, left:left + cw]
         return {contract.ATTENTION_OUTPUT: tf.image.resize(att, [height, width], method="bilinear")[..., 0]}
 

@@ -173,7 +173,7 @@ def decode_eager(data: bytes, max_pixels: int = MAX_PIXELS, min_size=None):
     return _EAGER[key](tf.constant(data, tf.string)).numpy()
 
 
-def _fit(height, width, size):
+def pad_box(height, width, size):
     """Where tf.image.resize_with_pad puts a height x width image in a size x size frame:
     (resized height, resized width, top, left), with TF's own float32 arithmetic."""
     h, w, s = (tf.cast(v, tf.float32) for v in (height, width, size))
@@ -203,7 +203,7 @@ def _resize_oriented(stored, value, size, mode):
     shape = tf.shape(stored)
     height, width = tf.where(swap, shape[1], shape[0]), tf.where(swap, shape[0], shape[1])  # upright
     if mode == "pad":
-        rh, rw, top, left = _fit(height, width, size)
+        rh, rw, top, left = pad_box(height, width, size)
     else:
         rh = rw = tf.constant(size)
         top = left = tf.constant(0)
