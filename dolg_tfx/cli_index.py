@@ -26,13 +26,14 @@ def index_group():
 @click.option("--model", "model_dir", required=True,
               help="The pushed SavedModel (a version folder, or the base with version folders); "
                    "a local path or any URI TensorFlow opens (gs://...).")
-@click.option("--images", required=True, type=click.Path(exists=True),
+@click.option("--images", required=True,
               help="Gallery: a folder of images (flat, or root/<label>/<image>) or a CSV "
-                   "id[,landmark_id][,path]; labels are optional.")
+                   "id[,landmark_id][,path]; labels are optional. A local path or gs://.")
 @click.option("--images-subdir", default=None,
               help="CSV only: the image root relative to the CSV (default: the CSV's stem).")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
-              help="Index directory to write.")
+@click.option("-o", "--output", required=True,
+              help="Index directory to write: a local path or gs:// (written locally, then copied up, "
+                   "meta.json last).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "exact", "hnsw", "ivfpq"]),
@@ -59,13 +60,16 @@ def index_group():
 def build(model_dir, images, images_subdir, output, batch_size, backend, memory_budget, max_bytes, dba, dba_alpha,
           beam_args, work_dir, verbose):
     """Embed a gallery with a Beam pipeline and write a searchable index."""
+    from components.retrieval import index_files
     from pipeline.console import Console, log_path
 
-    log = log_path(output, "index-build")
+    # The log is a local file: beside a local index, in the temporary folder for a gs:// one.
+    log = log_path(os.path.join(tempfile.gettempdir(), "dolg-tfx") if index_files.is_remote(output) else output,
+                   "index-build")
     # The console shows the steps and a bar over the images; TensorFlow's and Beam's notices go
     # to the log. What the user must read (skipped files, the result) is printed after it.
     with Console(log, verbose) as console, console.showing_progress():
-        console.say(f"Building a gallery index from {os.path.abspath(images)}; full log: {log}")
+        console.say(f"Building a gallery index from {_shown(images)}; full log: {log}")
         index, n_candidates, failures = _build_index(
             console, model_dir, images, images_subdir, output, batch_size, backend, memory_budget, max_bytes,
             beam_args, work_dir, dba, dba_alpha)
@@ -74,6 +78,13 @@ def build(model_dir, images, images_subdir, output, batch_size, backend, memory_
     click.echo(f"indexed {len(index)} of {n_candidates} images ({len(failures)} skipped), "
                f"dim {index.dim}, backend {index.backend}{_dba_note(index)} -> {output}")
     click.echo(f"Full log: {log}")
+
+
+def _shown(path: str) -> str:
+    """A location as the user should read it: URIs as given, local paths absolute."""
+    from components.retrieval import index_files
+
+    return path if index_files.is_remote(path) else os.path.abspath(index_files.local_path(path))
 
 
 def _dba_note(index) -> str:
@@ -114,17 +125,17 @@ def _build_index(console, model_dir, images, images_subdir, output, batch_size, 
             index = augment_index(index, dba, dba_alpha)
     except (ImportError, ValueError) as err:
         raise click.ClickException(str(err))
-    console.say(f"  writing the {index.backend} index to {os.path.abspath(output)} ...")
+    console.say(f"  writing the {index.backend} index to {_shown(output)} ...")
     index.save(output)
     return index, len(candidates), res.failures
 
 
 @click.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
-@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--index", "index_dir", required=True,
               help="An index written by `dolg-tfx index build`, or one the pipeline pushed "
                    "(gallery_index/<version>, searched only with that model version; "
-                   "gallery_index itself means its newest version).")
+                   "gallery_index itself means its newest version). A local path or gs://.")
 @click.option("--model", "model_dir", default=None,
               help="The SavedModel to embed the query with (default: the index's model); a local "
                    "path or any URI TensorFlow opens.")
@@ -145,7 +156,7 @@ def search(image, index_dir, model_dir, k, grid, label, box, exact, qe, qe_alpha
     """Print the gallery images nearest to IMAGE: rank, score, id, label (tab-separated)."""
     import tensorflow as tf
 
-    from components.gallery_index.build import latest_index_dir
+    from components.gallery_index.pairs import resolve_pair
     from components.retrieval.embedder import Embedder, crop_to_png, read_file
     from components.retrieval.expansion import expanded_search
     from components.retrieval.index import GalleryIndex
@@ -153,12 +164,21 @@ def search(image, index_dir, model_dir, k, grid, label, box, exact, qe, qe_alpha
     from components.retrieval.search_grid import gallery_row, infer_query_label, render_grid
     from components.retrieval.serving_contract import resolve_model_dir
 
-    index_dir = latest_index_dir(index_dir)  # a pushed base: its newest version
+    try:  # a pushed base: the newest version with both halves of the pair
+        pair = resolve_pair(index_dir, model_dir)
+    except (FileNotFoundError, VersionMismatch) as err:
+        raise click.ClickException(str(err))
+    if pair.note:
+        click.echo(f"note: {pair.note}", err=True)
+    index_dir = pair.index_dir
     try:
         index = GalleryIndex.load(index_dir)
     except (OSError, ValueError) as err:
         raise click.ClickException(f"cannot load the index: {err}")
-    model_dir = model_dir or index.model
+    if index.local_copy:
+        click.echo(f"read {index_dir} through a local copy in {index.local_copy} (faiss and memory-mapping "
+                   "need local files)", err=True)
+    model_dir = pair.model_dir or index.model
     if not model_dir:
         raise click.ClickException("the index records no model; pass --model")
     try:

@@ -20,15 +20,15 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 import tempfile
 from typing import List, Optional, Sequence
 
 import numpy as np
 
+from components.retrieval.index_files import publish
+
 CACHE_DIR = "_cache"
 CACHE_KEYS, CACHE_VECTORS = "keys.json", "embeddings.npy"
-META_FILE = "meta.json"  # GalleryIndex's completeness marker, copied last
 SUMMARY_FILE = "summary.json"  # what a build did, in the GalleryIndexer's artifact
 
 
@@ -39,19 +39,6 @@ def _join(base: str, *names: str) -> str:
 def index_version_dir(index_base: str, version) -> str:
     """Where the index of model version ``version`` is pushed: ``<index_base>/<version>``."""
     return _join(index_base, str(version))
-
-
-def latest_index_dir(path: str) -> str:
-    """``path`` when it is an index (it has ``meta.json``); for the pushed index base
-    (``gallery_index/``), its newest complete version, the index of the newest pushed model,
-    as ``--model`` takes a serving base and picks its newest version. Anything else comes
-    back unchanged, for the loader to refuse with its own message."""
-    if os.path.isfile(os.path.join(path, META_FILE)) or not os.path.isdir(path):
-        return path
-    from components.retrieval.model_versions import version_dirs  # oldest first, by number
-
-    complete = [v for v in version_dirs(path) if os.path.isfile(os.path.join(v, META_FILE))]
-    return complete[-1] if complete else path
 
 
 def file_key(candidate) -> Optional[str]:
@@ -108,19 +95,6 @@ def save_cache(index_base: str, digest: str, entries: dict) -> None:
         f.write(buffer.getvalue())
     with tf.io.gfile.GFile(keys_path, "w") as f:
         f.write(json.dumps(keys))
-
-
-def publish(local_dir: str, destination: str) -> None:
-    """Copies an index folder to ``destination`` (any filesystem), replacing what was there;
-    ``meta.json`` goes last, so a reader never loads a half-copied index."""
-    import tensorflow as tf
-
-    if tf.io.gfile.exists(destination):
-        tf.io.gfile.rmtree(destination)
-    tf.io.gfile.makedirs(destination)
-    names = sorted(os.listdir(local_dir), key=lambda n: n == META_FILE)
-    for name in names:
-        tf.io.gfile.copy(os.path.join(local_dir, name), _join(destination, name), overwrite=True)
 
 
 @dataclasses.dataclass

@@ -177,6 +177,7 @@ class GalleryIndex:
             raise ImportError(f"backend {backend!r} needs faiss (pip install faiss-cpu)")
         self.backend = backend
         self._faiss = _faiss_index
+        self.local_copy = None  # where load() copied an object store's index to, if it did
         if self._faiss is None and count and backend != "exact":
             self._faiss = self._build_faiss(faiss)
 
@@ -284,7 +285,18 @@ class GalleryIndex:
         return scores, indices
 
     def save(self, directory: str, shard_rows: int = SHARD_ROWS) -> None:
-        """Writes the index directory (see the module docstring); meta.json last."""
+        """Writes the index directory (see the module docstring); meta.json last. On an object
+        store (gs://) it is written to a local folder, then copied up, meta.json last."""
+        from components.retrieval import index_files
+
+        if index_files.is_remote(directory):
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="dolg-tfx-index-save-") as local:
+                self.save(local, shard_rows)
+                index_files.publish(local, directory)
+            return
+        directory = index_files.local_path(directory)
         os.makedirs(directory, exist_ok=True)
         meta_path = os.path.join(directory, "meta.json")
         if os.path.exists(meta_path):
@@ -317,7 +329,17 @@ class GalleryIndex:
     def load(cls, directory: str, backend: Optional[str] = None) -> "GalleryIndex":
         """Reads an index directory, mapping its shards; ``backend='exact'`` ignores a saved
         faiss index. A saved faiss index loads as exact search (with a warning) without faiss.
+        An index on an object store is read through a local copy (``index_files.local_copy``;
+        ``local_copy`` then names it), as faiss and memory-mapping need local files.
         """
+        from components.retrieval import index_files
+
+        if index_files.is_remote(directory):
+            copy = index_files.local_copy(directory)
+            index = cls.load(copy, backend)
+            index.local_copy = copy
+            return index
+        directory = index_files.local_path(directory)
         meta_path = os.path.join(directory, "meta.json")
         if not os.path.isfile(meta_path):
             raise FileNotFoundError(f"{directory}: no meta.json (not an index, or incomplete)")

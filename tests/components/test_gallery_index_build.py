@@ -99,7 +99,7 @@ def test_search_takes_the_pushed_base_as_its_newest_complete_version(setup, tmp_
     whose meta.json is missing (a copy cut short) is never chosen."""
     from click.testing import CliRunner
 
-    from components.gallery_index.build import latest_index_dir
+    from components.gallery_index.pairs import latest_index_dir
     from dolg_tfx.cli import main
 
     base = tmp_path / "gallery_index"
