@@ -8,8 +8,9 @@ otherwise); search latency p50/p99 at batch 1 and batch 64; recall@10 against ex
 "Bare faiss" calls the same faiss index directly (IndexFlatIP for exact): the ratio is what
 the project's wrapper (exact fallback, IVF-PQ's exact re-rank) costs on top.
 
-Targets (issue 12): HNSW recall@10 >= 0.95; the project's search within 1.2x of bare faiss;
-memory within 1.2x of the index's own size.
+Targets (issues 12 and 24): HNSW and IVF-PQ (re-ranked) recall@10 >= 0.95; the project's
+search within 1.2x of bare faiss doing the same job (for IVF-PQ: faiss' IndexRefineFlat, the same
+exact re-rank); memory within 1.2x of the index's own size, 2x of its codes for IVF-PQ.
 
     tools/devenv.sh run python -m benchmarks.index_scale [--full] [--json OUT]
 """
@@ -87,7 +88,7 @@ def _memory(directory, queries_file):
 def run(n, n_queries=1000):
     import faiss
 
-    from components.retrieval.index import GalleryIndex, exact_search
+    from components.retrieval.index import RERANK, GalleryIndex, exact_search
 
     work = os.path.join(common.SCRATCH, f"index_scale_{n}")
     shutil.rmtree(work, ignore_errors=True)
@@ -113,7 +114,12 @@ def run(n, n_queries=1000):
         if backend == "hnsw":
             bare.hnsw.efSearch = index.ef_search
         elif backend == "ivfpq":
+            # The same job in bare faiss: the same IVF-PQ, its RERANK x k candidates re-ranked
+            # exactly by faiss' own refine index (which holds every float vector in memory,
+            # where the project reads them from the memory-mapped shards).
             bare.nprobe = index.nprobe
+            bare = faiss.IndexRefineFlat(bare, faiss.swig_ptr(gallery))
+            bare.k_factor = RERANK
         project_lat = _latencies(lambda q: index.search(q, K), queries)
         bare_lat = _latencies(lambda q: bare.search(np.ascontiguousarray(q), K), queries)
         recall = _recall(index.search(queries, K)[1], truth)
@@ -148,14 +154,21 @@ def report(rows, n):
             ratio = r[f"p50_{batch}"] / r[f"bare_p50_{batch}"]
             line = common.verdict(f"{r['backend']} p50 batch {batch} vs bare faiss", ratio, 1.2, False)
             missed += [line] if "MISSED" in line else []
+        # Issue 12: an index holds about its own size. Issue 24 for IVF-PQ: a small multiple of
+        # its codes (taken as 2x: the ids are Python strings beside the codes), not of the vectors.
+        limit = 2.0 if r["backend"] == "ivfpq" else 1.2
         ratio = r["rss_anon_mb"] / r["own_mb"]
-        line = common.verdict(f"{r['backend']} memory (anonymous RSS) vs own size", ratio, 1.2, False)
+        line = common.verdict(f"{r['backend']} memory (anonymous RSS) vs own size", ratio, limit, False)
         missed += [line] if "MISSED" in line else []
+        if r["backend"] == "ivfpq":
+            line = common.verdict("ivfpq recall@10 with re-ranking", r["recall"], 0.95, True, unit="")
+            missed += [line] if "MISSED" in line else []
     note = (f"\n{n:,} clustered unit vectors of {DIM} dimensions (~50 a cluster), 1,000 held-out "
             "queries, k=10. Memory: a fresh process loading the saved index and answering every "
             "query; file-backed RSS is the memory-mapped shards it read (page cache, not held). "
-            "IVF-PQ's latency includes its exact re-rank of 8k candidates, which bare faiss "
-            "does not do (its recall is the raw PQ ranking's).")
+            "Bare faiss for IVF-PQ is the same IVF-PQ inside faiss' `IndexRefineFlat` (k_factor 8): "
+            "the same exact re-rank of 8k candidates, from float vectors it holds in memory "
+            f"({n * DIM * 4 / 2**20:,.0f} MB here), where the project maps the shards from disk.")
     return table + "\n" + note, missed
 
 

@@ -120,14 +120,12 @@ def exact_search(queries: np.ndarray, database: np.ndarray, k: int, block_size: 
 
 
 def _top_k(scores: np.ndarray, rows: np.ndarray, k: int):
-    """Per query, the k best (score desc, row asc) of candidate columns; -1 rows are absent."""
-    scores = np.where(rows < 0, -np.inf, scores)
-    out_s = np.zeros((scores.shape[0], k), np.float32)
-    out_i = np.full((scores.shape[0], k), -1, np.int64)
-    for r in range(scores.shape[0]):
-        order = np.lexsort((rows[r], -scores[r]))[:k]
-        out_s[r], out_i[r] = scores[r, order], rows[r, order]
-    return out_s, out_i
+    """Per query, the k best (score desc, row asc) of candidate columns; -1 rows are absent.
+    One row-wise lexsort for the whole batch (a Python loop per query cost IVF-PQ's re-rank
+    more than faiss' own search at batch 64)."""
+    scores = np.where(rows < 0, -np.inf, scores).astype(np.float32)
+    order = np.lexsort((rows, -scores), axis=-1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1).astype(np.int64)
 
 
 class GalleryIndex:
