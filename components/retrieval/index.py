@@ -120,12 +120,11 @@ def exact_search(queries: np.ndarray, database: np.ndarray, k: int, block_size: 
 
 
 def _top_k(scores: np.ndarray, rows: np.ndarray, k: int):
-    """Per query, the k best (score desc, row asc) of candidate columns; -1 rows are absent.
-    One row-wise lexsort for the whole batch (a Python loop per query cost IVF-PQ's re-rank
-    more than faiss' own search at batch 64)."""
-    scores = np.where(rows < 0, -np.inf, scores).astype(np.float32)
+    """Per query, the k best (score desc, row asc) of candidate columns ``[n, c]``; absent
+    candidates (row -1) must score -inf. One row-wise lexsort for the whole batch (a Python
+    loop per query cost IVF-PQ's re-rank more than faiss' own search at batch 64)."""
     order = np.lexsort((rows, -scores), axis=-1)[:, :k]
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1).astype(np.int64)
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
 
 class GalleryIndex:
@@ -227,12 +226,41 @@ class GalleryIndex:
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """The vectors of global ``rows`` (any shape), gathered from the shards."""
         flat = np.asarray(rows, np.int64).ravel()
+        if len(self._shards) == 1:  # one copy straight out of the (mapped) shard
+            return np.take(self._shards[0], flat, axis=0).reshape(*np.shape(rows), self.dim)
         out = np.empty((flat.size, self.dim), np.float32)
         shard_of = np.searchsorted(self._starts, flat, side="right") - 1
         for s in np.unique(shard_of):
             sel = np.flatnonzero(shard_of == s)
             out[sel] = self._shards[s][flat[sel] - self._starts[s]]
         return out.reshape(*np.shape(rows), self.dim)
+
+    def _rerank_scores(self, q: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """``[n, c]`` exact inner products of each query with its candidate rows (-inf for -1).
+
+        faiss reads the candidates' vectors in place, from the (memory-mapped) shards: no
+        gathered copy of them is made, which cost more than faiss' own IVF-PQ search at batch
+        64 (what faiss' IndexRefineFlat does with vectors it holds in memory).
+        """
+        faiss = faiss_or_none()
+        ptr = faiss.swig_ptr
+        nq, nc = cand.shape
+        cand = np.ascontiguousarray(cand, dtype=np.int64)
+        if len(self._shards) == 1:
+            local, parts = cand[None], np.empty((1, nq, nc), np.float32)
+        else:  # per shard, its own rows' local numbers and -1 elsewhere, made in one step
+            starts = self._starts[:-1, None, None]
+            inside = (cand >= starts) & (cand < self._starts[1:, None, None])
+            local = np.where(inside, cand - starts, -1)
+            parts = np.empty(local.shape, np.float32)
+        for s, shard in enumerate(self._shards):
+            if not (inside[s].any() if len(self._shards) > 1 else True):
+                parts[s] = -np.inf
+                continue
+            if shard.dtype != np.float32 or not shard.flags.c_contiguous:  # not faiss-readable in place
+                shard = np.ascontiguousarray(shard, dtype=np.float32)
+            faiss.fvec_inner_products_by_idx(ptr(parts[s]), ptr(q), ptr(shard), ptr(local[s]), self.dim, nq, nc)
+        return parts[0] if len(self._shards) == 1 else parts.max(axis=0)  # -inf outside each shard
 
     def _exact(self, q: np.ndarray, k: int):
         if len(self._shards) == 1:
@@ -275,10 +303,9 @@ class GalleryIndex:
         else:
             self._faiss.nprobe = self.nprobe
             _, cand = self._faiss.search(q, min(RERANK * k, len(self)))
-            exact_scores = np.einsum("qd,qcd->qc", q, self.vectors(np.maximum(cand, 0)))
-            scores, indices = _top_k(exact_scores, cand, k)
-        short = np.flatnonzero(np.any(indices < 0, axis=1))
-        if short.size:  # fewer than k found (sparse lists, a disconnected graph): answer exactly
+            scores, indices = _top_k(self._rerank_scores(q, cand), cand, k)
+        if (indices < 0).any():  # fewer than k found (sparse lists, a disconnected graph): answer exactly
+            short = np.flatnonzero(np.any(indices < 0, axis=1))
             scores[short], indices[short] = self._exact(q[short], k)
         return scores, indices
 

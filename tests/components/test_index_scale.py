@@ -122,3 +122,21 @@ def test_ivfpq_parameters_fit_small_and_large_galleries():
     assert index_lib.ivfpq_parameters(3000, 64) == (76, 64, 6)
     assert index_lib.ivfpq_parameters(1_000_000, 512) == (4000, 64, 8)
     assert index_lib.ivfpq_parameters(50_000, 48)[1] == 16  # 48 = 16 x 3
+
+
+def test_ivfpq_rerank_scores_are_the_exact_products_in_place_across_shards(tmp_path, vectors):
+    """The re-rank's scores (faiss reading the mapped shards in place) are the exact inner
+    products with each candidate row, wherever its shard, and -inf for an absent one (-1).
+
+    Mutation that fails it: each shard read with the global row numbers (no ``- start``)."""
+    gallery, queries = vectors
+    gallery = gallery[:2000]
+    GalleryIndex([f"g{i}" for i in range(2000)], gallery, backend="ivfpq").save(str(tmp_path), shard_rows=600)
+    index = GalleryIndex.load(str(tmp_path))
+    assert len(index.shards) == 4
+    cand = np.random.default_rng(1).integers(0, 2000, size=(7, 40))
+    cand[0, 5] = cand[3, 0] = -1
+    got = index._rerank_scores(np.ascontiguousarray(queries[:7]), cand)
+    want = np.einsum("qd,qcd->qc", queries[:7].astype(np.float64), gallery[np.maximum(cand, 0)].astype(np.float64))
+    want[cand < 0] = -np.inf
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
