@@ -17,10 +17,14 @@ are cached after the first):
    only the added image (the rest come from the cache of that model's embeddings).
 The gallery index goes with every push: gallery_index/<V> beside serving_model/<V>.
 """
+import json
 import os
 import pathlib
-
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -84,6 +88,10 @@ def runs(tmp_path_factory):
         if name == "again":  # a new gallery image, from the training data's folder
             (gallery / "added").mkdir()
             shutil.copy(data / "landmark_001" / "landmark_001_01.jpg", gallery / "added" / "added.jpg")
+            # The same run, first SIGKILLed in its GalleryIndexer, after the push: the run below
+            # is then the rerun that must complete the pair.
+            results["killed"] = _kill_in_gallery_indexer(root, BASE.replace(gallery=str(gallery), **changes),
+                                                         data, out)
         summary = local_runner.run(BASE.replace(gallery=str(gallery), **changes), str(data), str(out),
                                    verbose=False)
         io = _evaluator_io(out)
@@ -95,6 +103,51 @@ def runs(tmp_path_factory):
         print(f"{name}: eval images {summary['ingestion']['emitted']}, {MAP}={summary['metrics'][MAP]:.4f} blessed={summary['blessed']} "
               f"pushed={summary['pushed_to']} baseline={summary['baseline']}")
     return results
+
+
+def _kill_in_gallery_indexer(root, config, data, out):
+    """`dolg-tfx run` with ``config`` in a child process, SIGKILLed (its whole process group,
+    as the kill chain does) once ML Metadata shows its GalleryIndexer RUNNING: the Pusher has
+    pushed, the index of that push is not written yet. Returns what the kill left: the states
+    of the killed run and the serving and index folders' version names."""
+    layout = local_runner.Layout(str(out))
+    known = {c.id for c in local_runner._store(layout).get_contexts_by_type("pipeline_run")}
+    config_file = root / "killed.json"
+    config_file.write_text(json.dumps(config.to_dict()))
+    log = root / "killed-in-GalleryIndexer.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from dolg_tfx.cli import main; main()", "run", "--data", str(data), "--output",
+         str(out), "--preset", "tiny", "--config", str(config_file)],
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 600  # a safety bound: a run that hangs must fail, not block CI
+    try:
+        while True:
+            assert proc.poll() is None, "the run ended before its GalleryIndexer was killed:\n" + log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the GalleryIndexer never started"
+            try:
+                _, run, executions = local_runner.latest_run_executions(layout)
+            except Exception:  # no run yet, or the writer holds the database this instant
+                run = None
+            if run is not None and run.id not in known and "GalleryIndexer" in executions and \
+                    local_runner._state(executions["GalleryIndexer"]) == "RUNNING":
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    _, _, executions = local_runner.latest_run_executions(layout)
+    versions = sorted(os.listdir(out / "serving_model"), key=int)
+    indexes = sorted((n for n in os.listdir(out / "gallery_index") if (out / "gallery_index" / n / "meta.json").is_file()),
+                     key=int)
+    # What a user searching right now gets: with the index base alone, with both bases, and
+    # with the newest index named beside the newest (unindexed) model.
+    query = data / "landmark_000" / "landmark_000_00.jpg"
+    searches = {"index base": _search(query, "--index", out / "gallery_index"),
+                "both bases": _search(query, "--index", out / "gallery_index", "--model", out / "serving_model"),
+                "crossed": _search(query, "--index", out / "gallery_index" / indexes[-1],
+                                   "--model", out / "serving_model" / versions[-1])}
+    return {"states": {k: local_runner._state(v) for k, v in executions.items()}, "versions": versions,
+            "indexes": indexes, "searches": searches}
 
 
 def _model_artifact(summary):
@@ -209,6 +262,38 @@ def test_a_rerun_with_one_more_gallery_image_embeds_only_that_image(runs):
     assert (built["images"], built["embedded"], built["reused"]) == (GALLERY_IMAGES + 1, 1, GALLERY_IMAGES)
     index = GalleryIndex.load(built["index_dir"])
     assert "added/added.jpg" in index.ids and again["indexes"] == again["versions"]
+
+
+def test_a_push_whose_index_was_killed_is_never_paired_with_another_models_index(runs):
+    """Run 4 was first SIGKILLed in its GalleryIndexer, after its Pusher pushed version V, so
+    serving_model/V stood without gallery_index/V. Searches then used the newest complete pair
+    (the 60-step model's), said which model they passed over, and refused the index of one
+    model with the other; the rerun completed the pair under the same V (Pusher cached), and
+    a search of the two bases then takes V without a note.
+
+    Mutation that fails it: ``pairs.resolve_pair`` taking the newest index and the newest model
+    each on its own (``latest_index_dir`` and ``resolve_model_dir``): the search of both bases
+    is then refused as a version mismatch."""
+    killed, better, again = runs["killed"], runs["better"], runs["again"]
+    assert killed["states"]["Pusher"] == "COMPLETE" and killed["states"]["GalleryIndexer"] == "RUNNING", killed
+    version, old = _version(again), _version(better)
+    assert killed["versions"] == better["versions"] + [version]  # the push the rerun completed
+    assert killed["indexes"] == better["indexes"] and killed["indexes"][-1] == old
+    assert again["components"]["Pusher"] == "CACHED" and again["components"]["GalleryIndexer"] == "COMPLETE"
+    note = f"model version {version} in {better['out'] / 'serving_model'} has no complete gallery index"
+    for how in ("index base", "both bases"):
+        result = killed["searches"][how]
+        assert result.exit_code == 0, (how, result.output)
+        assert note in result.stderr and f"newest complete pair, version {old}" in result.stderr, (how, result.stderr)
+        assert result.stdout.count("\t") == 3 * GALLERY_IMAGES  # every image of the 60-step model's index
+    crossed = killed["searches"]["crossed"]
+    assert crossed.exit_code != 0 and f"built with model version {old}, but the model" in crossed.output
+    assert f"is version {version}" in crossed.output
+
+    query = better["data"] / "landmark_000" / "landmark_000_00.jpg"
+    now = _search(query, "--index", again["out"] / "gallery_index", "--model", again["out"] / "serving_model")
+    assert now.exit_code == 0 and "note:" not in now.stderr, now.output
+    assert again["indexes"] == again["versions"] and again["versions"][-1] == version
 
 
 # ------------------------------------------------------------------ the pushed model ------
