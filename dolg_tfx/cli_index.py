@@ -70,13 +70,13 @@ def build(model_dir, images, images_subdir, output, batch_size, backend, memory_
     # to the log. What the user must read (skipped files, the result) is printed after it.
     with Console(log, verbose) as console, console.showing_progress():
         console.say(f"Building a gallery index from {_shown(images)}; full log: {log}")
-        index, n_candidates, failures = _build_index(
+        built, n_candidates = _build_index(
             console, model_dir, images, images_subdir, output, batch_size, backend, memory_budget, max_bytes,
             beam_args, work_dir, dba, dba_alpha)
-    for f in failures:
+    for f in built.failures:
         click.echo(f"skipped {f.path}: {f.reason}", err=True)
-    click.echo(f"indexed {len(index)} of {n_candidates} images ({len(failures)} skipped), "
-               f"dim {index.dim}, backend {index.backend}{_dba_note(index)} -> {output}")
+    click.echo(f"indexed {built.count} of {n_candidates} images ({len(built.failures)} skipped), "
+               f"dim {built.dim}, backend {built.backend}{_dba_note(built)} -> {output}")
     click.echo(f"Full log: {log}")
 
 
@@ -93,41 +93,31 @@ def _dba_note(index) -> str:
 
 def _build_index(console, model_dir, images, images_subdir, output, batch_size, backend, memory_budget, max_bytes,
                  beam_args, work_dir, dba=0, dba_alpha=3.0):
-    """The steps of `index build`; returns (index, candidates found, failures)."""
-    from components.image_example_gen import scan_inputs
-    from components.retrieval.gallery_embedding import embed_candidates_with_beam
+    """The steps of `index build`; returns (what was written, images found)."""
+    from components.gallery_index.build import NothingToIndex, index_from_parts
+    from components.retrieval.gallery_embedding import embed_gallery
     from components.retrieval.serving_contract import resolve_model_dir
-    from components.retrieval.expansion import augment_index
-    from components.retrieval.index import GalleryIndex
 
-    try:
-        model_dir = resolve_model_dir(model_dir)
-        candidates = scan_inputs(images, images_subdir, labels_required=False)
-    except (OSError, ValueError) as err:
-        raise click.ClickException(str(err))
-    if not candidates:
-        raise click.ClickException(f"{images}: no images found")
-    console.say(f"  embedding {len(candidates)} images with {model_dir} ...")
-    # Beam's shards are scratch: they live beside nothing the user owns and go when done.
-    with tempfile.TemporaryDirectory(prefix="dolg-tfx-index-") as work:
-        res = embed_candidates_with_beam(candidates, model_dir, work_dir or work, batch_size, max_bytes,
-                                         pipeline_args=beam_args)
-    console.say(f"  embedded {len(res.ids)}, skipped {len(res.failures)}")
-    if not res.ids:
-        raise click.ClickException("no gallery image could be embedded: "
-                                   + "; ".join(f"{f.path}: {f.reason}" for f in res.failures[:3]))
-    try:
-        labels = res.labels if any(res.labels or ()) else None  # an unlabelled gallery
-        index = GalleryIndex(res.ids, res.embeddings, labels=labels, paths=res.paths,
-                             model=model_dir, backend=backend, memory_budget=int(memory_budget * 2**30))
-        if dba:
-            console.say(f"  database-side augmentation: top {dba} neighbours, alpha {dba_alpha:g} ...")
-            index = augment_index(index, dba, dba_alpha)
-    except (ImportError, ValueError) as err:
-        raise click.ClickException(str(err))
-    console.say(f"  writing the {index.backend} index to {_shown(output)} ...")
-    index.save(output)
-    return index, len(candidates), res.failures
+    console.say(f"  embedding the gallery with {model_dir}: the workers list, embed and write parts ...")
+    # Beam's files and the parts are scratch: they live beside nothing the user owns and go when done.
+    with tempfile.TemporaryDirectory(prefix="dolg-tfx-index-") as scratch:
+        work = (work_dir or scratch).rstrip("/")
+        try:
+            model_dir = resolve_model_dir(model_dir)
+            units = embed_gallery(images, model_dir, f"{work}/parts", f"{work}/beam", images_subdir=images_subdir,
+                                  batch_size=batch_size, max_bytes=max_bytes, pipeline_args=beam_args)
+        except (OSError, ValueError) as err:
+            raise click.ClickException(str(err))
+        try:
+            built = index_from_parts(f"{work}/parts", [u["part"] for u in units], output, model_dir,
+                                     backend=backend, memory_budget=int(memory_budget * 2**30), dba=dba,
+                                     dba_alpha=dba_alpha, say=console.say)
+        except NothingToIndex as err:
+            raise click.ClickException(f"{images}: {err}")
+        except (ImportError, ValueError) as err:
+            raise click.ClickException(str(err))
+    console.say(f"  embedded {built.count}, skipped {len(built.failures)}")
+    return built, built.count + len(built.failures)
 
 
 @click.command()

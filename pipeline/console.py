@@ -192,14 +192,17 @@ class ComponentLines(ProgressLines):
 
 
 def progress_bar(step: int, total: int, unit: str = "steps", desc: str = "", rate: Optional[float] = None,
-                 loss: Optional[float] = None, width: int = 28, **_) -> str:
-    """``  embedding [#####.....]  120/300 images  14.2 images/s  ETA 13 s`` (and the loss when
-    given). Unknown numbers of a record are ignored, so a reporter may send more."""
+                 loss: Optional[float] = None, images: Optional[int] = None, width: int = 28, **_) -> str:
+    """``  embedding [#####.....]  120/300 images  14.2 images/s  ETA 13 s`` (and the loss, or
+    the images done when the bar counts something else, when given). Unknown numbers of a
+    record are ignored, so a reporter may send more."""
     done = min(max(step / total, 0.0), 1.0) if total else 0.0
     filled = int(round(done * width))
     parts = [f"  {desc + ' ' if desc else ''}[{'#' * filled}{'.' * (width - filled)}] {step}/{total} {unit}"]
     if loss is not None:
         parts.append(f"loss {loss:.4f}")
+    if images is not None:
+        parts.append(f"{images:,} images")
     if rate:
         parts.append(f"{rate:.2f} {unit}/s")
         parts.append(f"ETA {max(total - step, 0) / rate:.0f} s")

@@ -56,7 +56,6 @@ def GalleryIndexer(
     import tensorflow as tf
 
     from components.gallery_index.build import build_index
-    from components.image_example_gen import scan_inputs
 
     del gallery_fingerprint  # only part of the cache key
     blessed = model_blessing.get_int_custom_property("blessed") == 1
@@ -68,11 +67,8 @@ def GalleryIndexer(
         return
     version = pushed_model.get_string_custom_property("pushed_version")
     model_dir = pushed_model.get_string_custom_property("pushed_destination")
-    candidates = scan_inputs(gallery, labels_required=False)
-    if not candidates:
-        raise ValueError(f"gallery {gallery}: no images found")
     work = f"{gallery_index.uri.rstrip('/')}/beam_work"
-    result = build_index(candidates, model_dir, version, index_dir, work, json.loads(beam_args),
+    result = build_index(gallery, model_dir, version, index_dir, work, json.loads(beam_args),
                          dba=dba, dba_alpha=dba_alpha)
     if tf.io.gfile.exists(work):
         tf.io.gfile.rmtree(work)  # Beam's shards were scratch; the index is pushed

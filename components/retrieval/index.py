@@ -28,7 +28,7 @@ On disk (``save``/``load``) an index is a directory::
 """
 from __future__ import annotations
 
-import glob
+import itertools
 import json
 import math
 import os
@@ -47,9 +47,29 @@ DEFAULT_MEMORY_BUDGET = 16 * 2**30
 SHARD_ROWS = 100_000  # 200 MB shards at 512 dimensions
 # IVF-PQ: candidates re-ranked exactly per result, and the probe count.
 RERANK, NPROBE = 8, 32
+HNSW_M, EF_CONSTRUCTION, EF_SEARCH = 32, 200, 128  # faiss HNSW's defaults here
 # Exact search holds one [rows, N] float32 score block; rows shrink so that it stays under
 # this many elements (256 MB), e.g. ~88 query rows at a time against GLDv2's 762k index.
 _MAX_BLOCK_ELEMENTS = 64 * 1024 * 1024
+
+
+def index_meta(model: Optional[str], model_version: Optional[int], dim: int, count: int, backend: str,
+               shards: List[str], parameters: dict, dba: Optional[dict] = None) -> dict:
+    """An index folder's meta.json fields but the labels and paths; ``parameters`` as
+    ``GalleryIndex.parameters`` gives them."""
+    p = parameters
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model, "model_version": model_version,
+            "dim": dim, "count": count, "backend": backend, "shards": shards,
+            "hnsw": {"m": p["hnsw_m"], "ef_construction": p["ef_construction"], "ef_search": p["ef_search"]},
+            "ivfpq": {"nlist": p["nlist"], "m": p["pq_m"], "nbits": p["nbits"], "nprobe": p["nprobe"]},
+            "dba": dba}
+
+
+def default_parameters(count: int, dim: int) -> dict:
+    """The backends' parameters an index of ``count`` x ``dim`` gets unless told otherwise."""
+    nlist, pq_m, nbits = ivfpq_parameters(max(count, 1), dim)
+    return {"hnsw_m": HNSW_M, "ef_construction": EF_CONSTRUCTION, "ef_search": EF_SEARCH,
+            "nlist": nlist, "pq_m": pq_m, "nbits": nbits, "nprobe": NPROBE}
 
 
 def faiss_or_none():
@@ -134,7 +154,7 @@ class GalleryIndex:
     def __init__(self, ids: Sequence[str], embeddings, labels: Optional[Sequence[str]] = None,
                  paths: Optional[Sequence[str]] = None, model: Optional[str] = None,
                  model_version: Optional[int] = None, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                 hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 128,
+                 hnsw_m: int = HNSW_M, ef_construction: int = EF_CONSTRUCTION, ef_search: int = EF_SEARCH,
                  nlist: Optional[int] = None, pq_m: Optional[int] = None, nbits: Optional[int] = None,
                  nprobe: int = NPROBE, dba: Optional[dict] = None,
                  _faiss_index=None, _check_finite: bool = True):
@@ -145,7 +165,8 @@ class GalleryIndex:
         count = sum(s.shape[0] for s in shards)
         if len(ids) != count:
             raise ValueError(f"{len(ids)} ids for {count} embeddings")
-        if len(set(ids)) != len(ids):
+        # Sorted and compared neighbour to neighbour: a set of a million ids would cost tens of MB.
+        if any(a == b for a, b in itertools.pairwise(sorted(ids))):
             raise ValueError("gallery ids must be unique")
         for name, seq in (("labels", labels), ("paths", paths)):
             if seq is not None and len(seq) != len(ids):
@@ -322,33 +343,27 @@ class GalleryIndex:
                 index_files.publish(local, directory)
             return
         directory = index_files.local_path(directory)
-        os.makedirs(directory, exist_ok=True)
-        meta_path = os.path.join(directory, "meta.json")
-        if os.path.exists(meta_path):
-            os.remove(meta_path)  # the directory is incomplete until meta.json is back
-        # An earlier build's shards, v1 file or graph must not outlive it.
-        for stale in glob.glob(os.path.join(directory, "embeddings*.npy")) + [os.path.join(directory, "faiss.index")]:
-            if os.path.exists(stale):
-                os.remove(stale)
-        with open(os.path.join(directory, "ids.json"), "w", encoding="utf-8") as f:
-            json.dump(self.ids, f)
-        n_shards = max(1, math.ceil(len(self) / shard_rows))
-        names = [f"embeddings-{i:05d}-of-{n_shards:05d}.npy" for i in range(n_shards)]
+        index_files.clear_for_write(directory)
+        index_files.write_json_array(os.path.join(directory, "ids.json"), self.ids)
+        names = index_files.shard_names(len(self), shard_rows)
         for i, name in enumerate(names):
-            rows = np.arange(i * shard_rows, min((i + 1) * shard_rows, len(self)))
-            np.save(os.path.join(directory, name), self.vectors(rows) if len(self) else np.zeros((0, self.dim), np.float32))
+            start, end = i * shard_rows, min((i + 1) * shard_rows, len(self))
+            # Written through a mapped file, 4,096 rows at a time: saving never holds a shard's
+            # vectors in memory (the shards given may be mapped files themselves).
+            out = np.lib.format.open_memmap(os.path.join(directory, name), mode="w+", dtype=np.float32,
+                                            shape=(end - start, self.dim))
+            for b in range(start, end, 4096):
+                out[b - start:min(b + 4096, end) - start] = self.vectors(np.arange(b, min(b + 4096, end)))
+            out.flush()
+            del out
         if self._faiss is not None:
-            faiss_or_none().write_index(self._faiss, os.path.join(directory, "faiss.index"))
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model,
-                "model_version": self.model_version,
-                "dim": self.dim, "count": len(self), "backend": self.backend, "shards": names,
-                "hnsw": {"m": self.hnsw_m, "ef_construction": self.ef_construction,
-                         "ef_search": self.ef_search},
-                "ivfpq": {"nlist": self.nlist, "m": self.pq_m, "nbits": self.nbits, "nprobe": self.nprobe},
-                "labels": self.labels, "paths": self.paths, "dba": self.dba}
-        with open(meta_path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(meta, f)
-        os.replace(meta_path + ".tmp", meta_path)
+            faiss_or_none().write_index(self._faiss, os.path.join(directory, index_files.FAISS_FILE))
+        index_files.write_meta(directory, self.meta(names), {"labels": self.labels, "paths": self.paths})
+
+    def meta(self, shards: List[str]) -> dict:
+        """meta.json's fields but the labels and paths (``index_files.write_meta`` adds them)."""
+        return index_meta(self.model, self.model_version, self.dim, len(self), self.backend, shards,
+                          self.parameters(), self.dba)
 
     @classmethod
     def load(cls, directory: str, backend: Optional[str] = None) -> "GalleryIndex":
@@ -397,7 +412,7 @@ class GalleryIndex:
         # The vectors were checked when the index was built; scanning them here would read
         # every shard from disk.
         return cls(ids, shards, labels=meta.get("labels"), paths=meta.get("paths"),
-                   model=meta.get("model"), model_version=meta.get("model_version"), backend=want, hnsw_m=hnsw.get("m", 32),
-                   ef_construction=hnsw.get("ef_construction", 200),
-                   ef_search=hnsw.get("ef_search", 128), nlist=ivf.get("nlist"), pq_m=ivf.get("m"), nbits=ivf.get("nbits"),
+                   model=meta.get("model"), model_version=meta.get("model_version"), backend=want, hnsw_m=hnsw.get("m", HNSW_M),
+                   ef_construction=hnsw.get("ef_construction", EF_CONSTRUCTION),
+                   ef_search=hnsw.get("ef_search", EF_SEARCH), nlist=ivf.get("nlist"), pq_m=ivf.get("m"), nbits=ivf.get("nbits"),
                    nprobe=ivf.get("nprobe", NPROBE), dba=meta.get("dba"), _faiss_index=graph, _check_finite=False)

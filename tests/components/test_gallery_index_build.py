@@ -7,13 +7,13 @@ model pushed again under a new version reuses every embedding; a new file, or a 
 the only one embedded; another model embeds everything again.
 """
 import os
+import pathlib
 import shutil
 
 import numpy as np
 import pytest
 
-from components.gallery_index.build import build_index, index_version_dir
-from components.image_example_gen import scan_inputs
+from components.gallery_index.build import build_index, cache_dir, index_version_dir
 from components.retrieval.embedder import Embedder
 from components.retrieval.index import GalleryIndex
 from components.retrieval.model_versions import VersionMismatch, check_index_matches_model, model_digest
@@ -34,8 +34,8 @@ def setup(tmp_path_factory):
 
 
 def _build(root, model_dir, version, gallery):
-    return build_index(scan_inputs(str(gallery), labels_required=False), str(model_dir), version,
-                       str(root / "gallery_index"), str(root / "work" / str(version)))
+    return build_index(str(gallery), str(model_dir), version, str(root / "gallery_index"),
+                       str(root / "work" / str(version)))
 
 
 def _own_embeddings(model_dir, index):
@@ -62,13 +62,21 @@ def test_incremental_builds_embed_only_what_changed(setup):
     assert second.model_version == 2
     np.testing.assert_array_equal(second.embeddings, index.embeddings)
 
-    # One image added and one touched: exactly those two are embedded.
+    # One image added and one touched: exactly those two are embedded, and only their label
+    # folder's part is rewritten (the other part's files are not even read: same bytes, same
+    # modification time).
+    cache = cache_dir(str(root / "gallery_index"), first.model_digest)
+    before = {p.name: p.stat().st_mtime_ns for p in pathlib.Path(cache).iterdir()}
+    assert len(before) == 4  # two label folders: two parts, .npy + .json each
     added = gallery / "landmark_000" / "added.jpg"
     shutil.copy(gallery / "landmark_001" / "landmark_001_00.jpg", added)
     touched = gallery / "landmark_000" / "landmark_000_00.jpg"
     os.utime(touched, ns=(10**9, 10**9))
     third = _build(root, serving / "2", 2, gallery)
     assert (third.images, third.embedded, third.reused) == (7, 2, 5)
+    after = {p.name: p.stat().st_mtime_ns for p in pathlib.Path(cache).iterdir()}
+    changed = sorted(name for name in after if after[name] != before.get(name))
+    assert len(changed) == 2 and len({n.split(".")[0] for n in changed}) == 1, changed  # one part, both files
     index = GalleryIndex.load(third.index_dir)
     np.testing.assert_allclose(index.embeddings, _own_embeddings(serving / "2", index), atol=1e-6)
 
@@ -125,3 +133,35 @@ def test_search_takes_the_pushed_base_as_its_newest_complete_version(setup, tmp_
     assert run.exit_code == 0, run.output
     hits = [line.split("\t") for line in run.output.splitlines() if line.startswith("1\t")]
     assert hits and hits[0][2] == index.ids[0], run.output
+
+
+def test_a_manifest_gallery_read_in_ranges_gives_ingestions_verdicts(setup, tmp_path, monkeypatch):
+    """A CSV gallery cut into many byte ranges (one unit each, read by whichever worker gets
+    it): the index holds exactly the rows ``scan_inputs`` accepts, in row order, and every other
+    row fails with the reason ``scan_inputs`` gives, duplicate ids included (the first listed
+    wins even when the copies are in different ranges).
+
+    Mutation that fails it: ``assemble`` keeping every copy of a duplicated id."""
+    from components.image_example_gen import scan_inputs
+    from components.retrieval import gallery_parts
+
+    root, serving, gallery = setup
+    images = sorted(gallery.glob("*/*.jpg"))
+    lines = ["id,landmark_id,path"] + [f"{p.stem},{p.parent.name},{p.relative_to(gallery)}" for p in images]
+    lines += [f"{images[0].stem},dup,{images[1].relative_to(gallery)}",  # a duplicate id, ranges later
+              ",x,",  # no id nor path
+              f"gone,x,{images[0].parent.name}/gone.jpg"]  # a missing file
+    manifest = tmp_path / "gallery.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(gallery_parts, "RANGE_BYTES", 64)  # a few rows a range
+    result = build_index(str(manifest), str(serving / "1"), 1, str(tmp_path / "gi"), str(tmp_path / "w"),
+                         images_subdir=str(gallery))
+    index = GalleryIndex.load(result.index_dir)
+    listed = scan_inputs(str(manifest), str(gallery), labels_required=False)
+    accepted = [c for c in listed if c.problem is None and c.image_id != "gone"]
+    assert index.ids == [c.image_id for c in accepted]
+    assert index.paths == [c.path for c in accepted]
+    reasons = sorted(f.reason.split(":")[0] for f in result.failures)
+    assert reasons == ["bad_manifest_row", "duplicate_id", "missing"], result.failures
+    dup = [f for f in result.failures if f.reason.startswith("duplicate_id")]
+    assert dup[0].image_id == images[0].stem and f"row {len(images) + 2}" in dup[0].reason

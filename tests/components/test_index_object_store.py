@@ -15,7 +15,6 @@ from click.testing import CliRunner
 
 from components.gallery_index.build import build_index
 from components.gallery_index.pairs import latest_index_dir, resolve_pair
-from components.image_example_gen import scan_inputs
 from components.retrieval.index import GalleryIndex
 from components.retrieval.model_versions import VersionMismatch, check_index_matches_model
 from conftest import load_fixture
@@ -91,10 +90,9 @@ def test_pushed_indexes_and_their_cache_on_an_object_store(setup):
     of the files meta.json names (the phantom "0" then fails the copy)."""
     root, serving, gallery, ram = setup
     shutil.copytree(serving / "1", serving / "10")
-    candidates = scan_inputs(str(gallery), labels_required=False)
     base = f"{ram}/gallery_index"
-    first = build_index(candidates, str(serving / "1"), 1, base, str(root / "work1"))
-    second = build_index(candidates, str(serving / "10"), 10, base, str(root / "work10"))
+    first = build_index(str(gallery), str(serving / "1"), 1, base, str(root / "work1"))
+    second = build_index(str(gallery), str(serving / "10"), 10, base, str(root / "work10"))
     assert (first.embedded, first.reused, second.embedded, second.reused) == (9, 0, 0, 9)
     assert latest_index_dir(base) == f"{base}/10"
     old = GalleryIndex.load(f"{base}/1")

@@ -130,14 +130,14 @@ def test_evaluate_ukbench_with_qe(setup, tmp_path):
 def test_pipeline_index_builder_applies_dba(setup, tmp_path):
     """The GalleryIndexer's build: fails if dba is not applied and recorded, or if the cache
     stores augmented vectors (a rebuild would then augment them twice)."""
-    candidates = scan_inputs(str(setup["root"] / "gallery"), labels_required=False)
-    result = build_index(candidates, str(setup["model"]), 1, str(tmp_path / "gi"), str(tmp_path / "w"),
+    gallery = str(setup["root"] / "gallery")
+    result = build_index(gallery, str(setup["model"]), 1, str(tmp_path / "gi"), str(tmp_path / "w"),
                          dba=2, dba_alpha=3.0)
     index = GalleryIndex.load(result.index_dir)
     assert index.dba == {"k": 2, "alpha": 3.0} and index.model_version == 1
     want = dense(setup["raw"], setup["raw"], 2, 3.0, exclude=np.arange(len(setup["raw"])))
     np.testing.assert_allclose(index.embeddings, want, atol=TOL, rtol=0)
-    again = build_index(candidates, str(setup["model"]), 2, str(tmp_path / "gi"), str(tmp_path / "w2"),
+    again = build_index(gallery, str(setup["model"]), 2, str(tmp_path / "gi"), str(tmp_path / "w2"),
                         dba=2, dba_alpha=3.0)
-    assert again.reused == len(candidates)
+    assert again.reused == len(setup["ids"]) and again.embedded == 0
     np.testing.assert_allclose(GalleryIndex.load(again.index_dir).embeddings, want, atol=TOL, rtol=0)

@@ -51,8 +51,9 @@ def test_index_build_console_is_quiet_with_a_bar_and_the_log(setup):
     assert rc == 0, console
     for noise in NOISE:
         assert noise not in console, f"{noise!r} on the console:\n{console}"
-    assert "embedding 12 images with" in console
-    assert "embedding [" in console and "] 12/12 images" in console  # the bar's last state
+    assert "embedding the gallery with" in console
+    # The bar's last state: one part per unit, here the flat folder's one slice of 12 files.
+    assert "embedding [" in console and "] 1/1 parts" in console and "11 images" in console
     assert "skipped " in console and "ukbench00011.jpg" in console   # still said, after the bar
     assert "indexed 11 of 12 images (1 skipped)" in console
     log = _named_log(console)
