@@ -18,7 +18,6 @@ from components.retrieval.embedder import Embedder
 from components.retrieval.index import GalleryIndex
 from components.retrieval.model_versions import VersionMismatch, check_index_matches_model, model_digest
 from conftest import load_fixture
-from pipeline.demo_data import generate_landmarks
 
 stand_in = load_fixture("stand_in_model")
 
@@ -26,10 +25,7 @@ stand_in = load_fixture("stand_in_model")
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("gallery_build")
-    serving = root / "serving_model"
-    stand_in.save_stand_in_model(serving / "1", dim=16)
-    gallery = root / "gallery"
-    generate_landmarks(gallery, n_landmarks=2, views_per_landmark=3, size=48, seed=3)
+    serving, gallery = stand_in.pushed_model_and_gallery(root, n_landmarks=2, seed=3)
     return root, serving, gallery
 
 

@@ -19,7 +19,6 @@ from components.retrieval.index import GalleryIndex
 from components.retrieval.model_versions import VersionMismatch, check_index_matches_model
 from conftest import load_fixture
 from dolg_tfx.cli import main
-from pipeline.demo_data import generate_landmarks
 
 ram_fs = load_fixture("ram_fs")
 stand_in = load_fixture("stand_in_model")
@@ -28,10 +27,7 @@ stand_in = load_fixture("stand_in_model")
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("index_ram")
-    serving = root / "serving_model"
-    stand_in.save_stand_in_model(serving / "1", dim=16)
-    gallery = root / "gallery"
-    generate_landmarks(gallery, n_landmarks=3, views_per_landmark=3, size=48, seed=7)
+    serving, gallery = stand_in.pushed_model_and_gallery(root, n_landmarks=3, seed=7)
     ram = ram_fs.fresh_prefix("index")
     yield root, serving, gallery, ram
     ram_fs.remove(ram)
