@@ -31,13 +31,16 @@ def beam_runner(beam_args) -> Optional[str]:
 
 
 def beam_pipeline_args(config: PipelineConfig) -> List[str]:
-    """The user's Beam arguments, led by the DirectRunner's mode flags when no other runner
-    (Dataflow, Flink, ...) was asked for."""
+    """The user's Beam arguments, led by the local runner (``components.beam_runner``) and the
+    DirectRunner's mode flags when no other runner (Dataflow, Flink, ...) was asked for."""
+    from components.beam_runner import RUNNER
+
     user = list(config.beam_args)
     runner = beam_runner(user)
     if runner is not None and runner.lower() not in ("directrunner", "direct"):
         return user
-    args = [f"--direct_running_mode={config.beam_mode}"]
+    # No runner asked for: the DirectRunner's engine without its Prism download (beam_runner).
+    args = ([f"--runner={RUNNER}"] if runner is None else []) + [f"--direct_running_mode={config.beam_mode}"]
     if config.beam_mode == "multi_processing":
         args.append(f"--direct_num_workers={config.beam_workers}")
     return args + user

@@ -154,7 +154,9 @@ def embed_gallery(gallery: str, model_dir: str, parts_dir: str, work_dir: str,
     tf.io.gfile.makedirs(work_dir)
     tf.io.gfile.makedirs(parts_dir)
     prefix = parts.join(work_dir, "units")
-    options = PipelineOptions(list(pipeline_args) or ["--runner=DirectRunner", "--direct_num_workers=1"])
+    from components.beam_runner import RUNNER
+
+    options = PipelineOptions(list(pipeline_args) or [f"--runner={RUNNER}", "--direct_num_workers=1"])
     with beam.Pipeline(options=options) as p:
         units = (p | "Start" >> beam.Create([None])
                  | "ListUnits" >> beam.FlatMap(lambda _: _numbered(parts.list_units(location, images_subdir)))

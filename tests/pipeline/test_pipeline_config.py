@@ -53,9 +53,36 @@ def test_trainer_view_ignores_thresholds_and_beam():
 
 def test_direct_runner_flags_only_without_another_runner():
     config = PRESETS["tiny"].replace(beam_mode="multi_processing", beam_workers=3)
-    assert beam_pipeline_args(config) == ["--direct_running_mode=multi_processing", "--direct_num_workers=3"]
+    assert beam_pipeline_args(config) == ["--runner=components.beam_runner.LocalRunner",
+                                          "--direct_running_mode=multi_processing", "--direct_num_workers=3"]
     flink = config.replace(beam_args=("--runner=FlinkRunner", "--flink_master=host:8081"))
     assert beam_pipeline_args(flink) == ["--runner=FlinkRunner", "--flink_master=host:8081"]
+    direct = config.replace(beam_args=("--runner=DirectRunner",))  # asked for by name: Beam's own
+    assert beam_pipeline_args(direct) == ["--direct_running_mode=multi_processing", "--direct_num_workers=3",
+                                          "--runner=DirectRunner"]
+
+
+def test_the_local_runner_runs_both_modes_without_trying_prism(caplog):
+    """The local runner runs a pipeline with a grouping and a side input in-memory and with
+    two worker processes, and never goes near Prism (whose binary the DirectRunner would
+    download from GitHub). Mutation that fails it: ``RUNNER`` set back to "DirectRunner"."""
+    import logging
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from components.beam_runner import RUNNER
+
+    for mode in (["--direct_running_mode=in_memory"], ["--direct_running_mode=multi_processing",
+                                                       "--direct_num_workers=2"]):
+        with caplog.at_level(logging.INFO):
+            with beam.Pipeline(options=PipelineOptions([f"--runner={RUNNER}", *mode])) as p:
+                total = p | "Total" >> beam.Create([10])
+                doubled = (p | beam.Create([1, 2, 3, 3]) | beam.Map(lambda x: (x, 1)) | beam.CombinePerKey(sum)
+                           | beam.Map(lambda kv, t: kv[0] * kv[1] + t, t=beam.pvalue.AsSingleton(total)))
+                assert_that(doubled, equal_to([11, 12, 16]))
+    assert "prism" not in caplog.text.lower()
 
 
 def test_run_command_passes_beam_mode_to_the_pipeline(tmp_path, monkeypatch):
