@@ -17,7 +17,11 @@ alike; each cell is the median. Targets (issue 23): full scale within 1.15x of b
 and 1.1x at 1600x1200; the project <= 0.4x bare on a 12 MP photo; a 48 MP photo accepted
 under the default pixel cap, cheaper than a full decode of the 12 MP one (bare, same job).
 
-    tools/devenv.sh run python -m benchmarks.decode [--quick|--full] [--json OUT]
+Rounds per photo (a third of them, at least 3, for the 48 MP one): 5 (quick), 15 (full);
+smoke: one round of every photo and function, the 12 MP photo drawn at a quarter of its size
+and enlarged (as the 48 MP one always is: 3 s less to make it).
+
+    tools/devenv.sh run python -m benchmarks.decode [--quick|--full|--smoke] [--json OUT]
 """
 import statistics
 import time
@@ -30,7 +34,9 @@ TARGETS = {(640, 480): 1.15, (1600, 1200): 1.1}
 TARGET_12MP = 0.4
 
 
-def _functions(tf, image_ops, ratio):
+def _functions(tf, image_ops):
+    """The four decoders that are the same for every photo, and a maker of the fifth (bare at
+    the project's JPEG scale, whose ratio is an attribute of the op): traced once, not per photo."""
     spec = [tf.TensorSpec([None], tf.string)]
 
     def bare(b):
@@ -40,9 +46,12 @@ def _functions(tf, image_ops, ratio):
         image = tf.cast(tf.io.decode_jpeg(b[0], channels=3, dct_method="INTEGER_ACCURATE"), tf.float32)
         return tf.image.resize_with_pad(image, SIZE, SIZE, method="bilinear", antialias=True)[None]
 
-    def bare_scaled(b):
-        image = tf.cast(tf.io.decode_jpeg(b[0], channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE"), tf.float32)
-        return tf.image.resize_with_pad(image, SIZE, SIZE, method="bilinear", antialias=True)[None]
+    def scaled(ratio):
+        def bare_scaled(b):
+            image = tf.cast(tf.io.decode_jpeg(b[0], channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE"),
+                            tf.float32)
+            return tf.image.resize_with_pad(image, SIZE, SIZE, method="bilinear", antialias=True)[None]
+        return tf.function(bare_scaled, input_signature=spec)
 
     return {
         "project": tf.function(lambda b: image_ops.decode_batch(b, SIZE), input_signature=spec),
@@ -50,11 +59,10 @@ def _functions(tf, image_ops, ratio):
                                            input_signature=spec),
         "bare": tf.function(bare, input_signature=spec),
         "bare, same job": tf.function(bare_same, input_signature=spec),
-        "bare at the project's scale": tf.function(bare_scaled, input_signature=spec),
-    }
+    }, scaled
 
 
-def measure(rounds):
+def measure(rounds, least=3, upscale_from=20e6):
     import dolg_model  # noqa: F401  (the Keras switch, before TensorFlow)
     import tensorflow as tf
 
@@ -62,9 +70,11 @@ def measure(rounds):
 
     photo_jpeg = common.load_module(f"{common.REPO}/tests/fixtures/photos.py").photo_jpeg
     rows = []
+    fixed, scaled = _functions(tf, image_ops)
     for width, height in PHOTOS:
-        functions = _functions(tf, image_ops, width // rules.decoded_size("jpeg", width, height, SIZE)[0])
-        data = photo_jpeg(width, height, orientation=6, upscale=1 if width * height < 20e6 else 4)
+        ratio = width // rules.decoded_size("jpeg", width, height, SIZE)[0]
+        functions = dict(fixed, **{"bare at the project's scale": scaled(ratio)})
+        data = photo_jpeg(width, height, orientation=6, upscale=1 if width * height < upscale_from else 4)
         batch = tf.constant([data])
         times = {name: [] for name in functions}
         refused = {}
@@ -73,7 +83,7 @@ def measure(rounds):
                 fn(batch).numpy()
             except tf.errors.InvalidArgumentError as e:
                 refused[name] = e.message.split("\n")[0][:80]
-        n = rounds if width * height < 20e6 else max(3, rounds // 3)
+        n = rounds if width * height < 20e6 else max(least, rounds // 3)
         for _ in range(n):
             for name, fn in functions.items():
                 if name in refused:
@@ -88,7 +98,7 @@ def measure(rounds):
 
 def main():
     args = common.parser(__doc__).parse_args()
-    rows = measure(15 if args.full else 5)
+    rows = measure(1, least=1, upscale_from=10e6) if args.smoke else measure(15 if args.full else 5)
     cell = lambda v: "refused" if v is None else f"{v:.1f}"  # noqa: E731
     table, missed = [], []
     full_12mp = next(r for r in rows if r["photo"] == "4032x3024")["ms"]["bare, same job"]

@@ -4,7 +4,10 @@ Forward + backward of the three dilated branches (rates 6, 12, 18; 1024 -> 512 c
 the stride-16 map of a 224 px image (14x14), timed round-robin in one run, with the outputs
 compared so the speed-up is for the same result.
 
-    tools/devenv.sh run python -m benchmarks.dilated_conv [--batch 8] [--size 14] [--rounds 7] [--json OUT]
+    tools/devenv.sh run python -m benchmarks.dilated_conv [--batch 8] [--size 14] [--rounds 7] [--smoke] [--json OUT]
+
+run_all's quick size: --rounds 3; full: --rounds 9. --smoke: batch 1, 64 -> 32 channels, one
+round (for any option not given): both implementations traced, compared and timed once.
 """
 import argparse
 import json
@@ -46,16 +49,24 @@ def run(batch=8, size=14, channels=1024, filters=512, rounds=7):
                      for n, t in medians.items()]}
 
 
+DEFAULTS = {"batch": 8, "size": 14, "rounds": 7, "channels": 1024, "filters": 512}
+SMOKE = {"batch": 1, "size": 14, "rounds": 1, "channels": 64, "filters": 32}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=14)
-    parser.add_argument("--rounds", type=int, default=7)
+    for name in DEFAULTS:
+        parser.add_argument(f"--{name}", type=int, help=f"default {DEFAULTS[name]}")
+    parser.add_argument("--smoke", action="store_true", help=f"smallest sizes: {SMOKE}")
     parser.add_argument("--json")
     args = parser.parse_args()
-    result = run(args.batch, args.size, rounds=args.rounds)
+    for name, value in (SMOKE if args.smoke else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    result = run(args.batch, args.size, args.channels, args.filters, args.rounds)
     print(f"\nDilated 3x3 branches (rates {RATES}), {args.size}x{args.size} map, batch {args.batch}, "
-          f"forward + backward; outputs differ by at most {result['max_abs_diff']:.1e}")
+          f"{args.channels} -> {args.filters} channels, forward + backward; outputs differ by at most "
+          f"{result['max_abs_diff']:.1e}" + (" (smoke: the numbers mean nothing)" if args.smoke else ""))
     print(common.md_table(["implementation", "ms", "speed-up vs Keras"],
                           [[r["implementation"], f"{r['ms']:.1f}", f"{r['speedup_vs_keras']:.1f}x"]
                            for r in result["rows"]]))

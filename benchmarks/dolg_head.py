@@ -5,7 +5,10 @@ Forward + backward on ResNet50-at-224-px shaped maps (stride 16: 14x14x1024, str
 fusion, pooling and final FC, against GeM + FC alone. Explains the training-step ratio of
 DOLG without multi-atrous (benchmarks/train_step.py) beyond its FLOPs.
 
-    tools/devenv.sh run python -m benchmarks.dolg_head [--rounds 15] [--json OUT]
+    tools/devenv.sh run python -m benchmarks.dolg_head [--rounds 15] [--smoke] [--json OUT]
+
+run_all's quick size: --rounds 7; full: --rounds 21. --smoke: batch 1, one round (for any
+option not given): every part traced and timed once, on the same map shapes.
 """
 import argparse
 import json
@@ -46,14 +49,23 @@ def run(batch=8, rounds=15):
     return [{"part": name, "ms": t * 1e3} for name, t in common.round_robin(steps, rounds).items()]
 
 
+DEFAULTS = {"batch": 8, "rounds": 15}
+SMOKE = {"batch": 1, "rounds": 1}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=15)
+    for name in DEFAULTS:
+        parser.add_argument(f"--{name}", type=int, help=f"default {DEFAULTS[name]}")
+    parser.add_argument("--smoke", action="store_true", help=f"smallest sizes: {SMOKE}")
     parser.add_argument("--json")
     args = parser.parse_args()
+    for name, value in (SMOKE if args.smoke else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     rows = run(args.batch, args.rounds)
-    print(f"\nDOLG head vs floor, forward + backward, batch {args.batch}, R50 224 px map shapes")
+    print(f"\nDOLG head vs floor, forward + backward, batch {args.batch}, R50 224 px map shapes"
+          + (" (smoke: the numbers mean nothing)" if args.smoke else ""))
     print(common.md_table(["part", "ms"], [[r["part"], f"{r['ms']:.1f}"] for r in rows]))
     if args.json:
         with open(args.json, "w") as f:

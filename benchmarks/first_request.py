@@ -9,7 +9,9 @@ times alternating, and the medians are compared. Target (issue 23): first call <
 floor's. TF Serving users pay neither: every pushed model carries warmup requests
 (``assets.extra/tf_serving_warmup_requests``) that the server replays at load.
 
-    tools/devenv.sh run python -m benchmarks.first_request [--quick|--full] [--json OUT]
+Alternating runs: 2 (quick), 5 (full), 1 (smoke). --run DIR reads that completed run's model.
+
+    tools/devenv.sh run python -m benchmarks.first_request [--quick|--full|--smoke] [--run DIR] [--json OUT]
 """
 import json
 import os
@@ -62,15 +64,15 @@ def fresh_call(path, image_file):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(full=False):
+def run(args):
     common.quiet_tf()
     from benchmarks.serving import model_dir
     from pipeline.demo_report import read_split
 
-    preset, config, _, run_info = common.bench_run(full)
+    preset, config, _, run_info = common.bench_run(args)
     path = model_dir(run_info["summary"])
     _, images, _ = read_split(run_info["summary"]["examples"], "eval")
-    scratch = os.path.join(os.path.dirname(run_info["output"]), "first_request")
+    scratch = os.path.join(run_info["scratch"], "first_request")
     os.makedirs(scratch, exist_ok=True)
     image_file = os.path.join(scratch, "query.jpg")
     with open(image_file, "wb") as f:
@@ -78,7 +80,7 @@ def run(full=False):
     floor_dir = os.path.join(scratch, "floor_model")
     export_floor(path, config, floor_dir)
     results = {"project": [], "floor": []}
-    for _ in range(5 if full else 2):
+    for _ in range(5 if args.full else 1 if args.smoke else 2):
         for name, where in (("project", path), ("floor", floor_dir)):
             results[name].append(fresh_call(where, image_file))
     med = {name: {k: statistics.median(r[k] for r in rs) for k in ("load", "first", "second")}
@@ -88,14 +90,14 @@ def run(full=False):
                             [[name, f"{m['load']:.2f}", f"{m['first']:.2f}", f"{m['second'] * 1e3:.1f}"]
                              for name, m in med.items()])
     check = common.verdict("first serving_default call / floor's", ratio, TARGET, higher_is_better=False)
-    markdown = (f"Preset `{preset}`, model `{os.path.relpath(path, common.REPO)}`; each loaded in a fresh process, "
+    markdown = (f"Preset `{preset}`, model `{common.shown_path(path)}`; each loaded in a fresh process, "
                 f"medians of {len(results['project'])} alternating runs, one JPEG per call.\n\n{table}\n\n- {check}")
     return markdown, [check] if "MISSED" in check else [], med
 
 
 def main():
-    args = common.parser(__doc__).parse_args()
-    markdown, missed, rows = run(args.full)
+    args = common.parser(__doc__, reads_run=True).parse_args()
+    markdown, missed, rows = run(args)
     common.finish(args, "First request of a freshly loaded model vs the bare decoder's", markdown, missed, rows)
 
 

@@ -12,8 +12,16 @@ and how each grows from the small size to the large one (exponent of N: ~1 for t
 
 Target (issue 17): ImageExampleGen within 1.5x of the bare loop's files/s on 2 cores.
 
-    tools/devenv.sh run python -m benchmarks.ingest_scale [--full] [--only NAMES] [--json OUT]
-      quick: 2,000 and 20,000 files; --full: 20,000 and 200,000 files
+    tools/devenv.sh run python -m benchmarks.ingest_scale [--quick|--full|--smoke] [--only NAMES] [--json OUT]
+      quick: 1,000 and 15,000 files (2,000 and 20,000 until 2026-12-02, 171 s, when make bench
+      had to fit in 10 minutes). Fewer files weigh ImageExampleGen's start-up (~3 s in-memory,
+      ~11 s multi_processing) more: from that run's rates, the ratios at 15,000 read ~0.01
+      (in-memory, tending to ~0.67, the target's line) and ~0.08 (multi_processing, still
+      above the target) lower than at 20,000; at 10,000 multi_processing would fall below
+      it for that reason alone;
+      --full: 20,000 and 200,000 files (the size the target is meant for);
+      --smoke: 40 and 80 files, all eight measurements in one process (seven start-ups fewer;
+      its memory columns mean nothing)
       --only bare,memory-csv: a subset of the measurements (the bare loop always runs: every
       ratio is to it), e.g. when the whole --full set (about 2.5 hours on 2 cores) does not fit
 """
@@ -34,41 +42,42 @@ PER_LABEL = 20
 _CHILD = r"""
 import json, os, resource, sys, time
 import dolg_tfx  # noqa: F401
-mode, input_base, out = sys.argv[1], sys.argv[2], sys.argv[3]
 def rss_mb():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
-if mode == "bare":
-    from components.image_example_gen import inputs
-    from components.images import checks
-    import tensorflow  # noqa: F401  (imported before timing, as the executor's process has it)
-    start_rss = rss_mb()
-    t0 = time.perf_counter()
-    n = 0
-    for c in inputs.scan_inputs(input_base, "tree"):
-        checks.inspect_image(inputs.read_candidate(c, 1 << 20), 1 << 20, 40_000_000, tf_check=True)
-        n += 1
-else:
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-    from tfx.types import standard_artifacts
-    from components.image_example_gen.executor import Executor
-    from components.image_example_gen.spec import IngestionReport
-    examples, report = standard_artifacts.Examples(), IngestionReport()
-    examples.uri, report.uri = out + "/examples", out + "/report"
-    args = (["--direct_running_mode=multi_processing", "--direct_num_workers=2"] if mode == "multi"
-            else ["--direct_running_mode=in_memory"])
-    ctx = Executor.Context(make_beam_pipeline_fn=lambda: beam.Pipeline(options=PipelineOptions(args)))
-    props = {"input_base": input_base}
-    if input_base.endswith(".csv"):
-        props["images_subdir"] = "tree"
-    start_rss = rss_mb()
-    t0 = time.perf_counter()
-    Executor(ctx).Do({}, {"examples": [examples], "report": [report]}, props)
-    n = json.load(open(out + "/report/summary.json"))["emitted_total"]
-print(json.dumps({"n": n, "seconds": time.perf_counter() - t0, "start_mb": start_rss,
-                  "launcher_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+for job in range(1, len(sys.argv), 3):  # one job (mode, input, out) a process, but in --smoke
+    mode, input_base, out = sys.argv[job:job + 3]
+    if mode == "bare":
+        from components.image_example_gen import inputs
+        from components.images import checks
+        import tensorflow  # noqa: F401  (imported before timing, as the executor's process has it)
+        start_rss = rss_mb()
+        t0 = time.perf_counter()
+        n = 0
+        for c in inputs.scan_inputs(input_base, "tree"):
+            checks.inspect_image(inputs.read_candidate(c, 1 << 20), 1 << 20, 40_000_000, tf_check=True)
+            n += 1
+    else:
+        import apache_beam as beam
+        from apache_beam.options.pipeline_options import PipelineOptions
+        from tfx.types import standard_artifacts
+        from components.image_example_gen.executor import Executor
+        from components.image_example_gen.spec import IngestionReport
+        examples, report = standard_artifacts.Examples(), IngestionReport()
+        examples.uri, report.uri = out + "/examples", out + "/report"
+        args = (["--direct_running_mode=multi_processing", "--direct_num_workers=2"] if mode == "multi"
+                else ["--direct_running_mode=in_memory"])
+        ctx = Executor.Context(make_beam_pipeline_fn=lambda: beam.Pipeline(options=PipelineOptions(args)))
+        props = {"input_base": input_base}
+        if input_base.endswith(".csv"):
+            props["images_subdir"] = "tree"
+        start_rss = rss_mb()
+        t0 = time.perf_counter()
+        Executor(ctx).Do({}, {"examples": [examples], "report": [report]}, props)
+        n = json.load(open(out + "/report/summary.json"))["emitted_total"]
+    print(json.dumps({"n": n, "seconds": time.perf_counter() - t0, "start_mb": start_rss,
+                      "launcher_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}), flush=True)
 """
 
 
@@ -111,12 +120,15 @@ def make_data(root, n):
     return csv_path
 
 
-def measure(mode, input_base, out):
-    proc = subprocess.run([sys.executable, "-c", _CHILD, mode, input_base, out], cwd=common.REPO,
+def measure(jobs):
+    """[result of each (mode, input, out) job], all run in one fresh process."""
+    proc = subprocess.run([sys.executable, "-c", _CHILD, *[a for job in jobs for a in job]], cwd=common.REPO,
                           capture_output=True, text=True)
     if proc.returncode:
-        raise RuntimeError(f"{mode} on {input_base} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{jobs} failed:\n{proc.stderr[-3000:]}")
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == len(jobs), (jobs, proc.stdout[-3000:])
+    return results
 
 
 MEASUREMENTS = {  # --only key: (name, child mode, input: the CSV or the tree)
@@ -127,10 +139,21 @@ MEASUREMENTS = {  # --only key: (name, child mode, input: the CSV or the tree)
 }
 
 
-def run(sizes, only=tuple(MEASUREMENTS)):
-    rows = []
+def run(sizes, only=tuple(MEASUREMENTS), one_process=False):
+    """Every measurement in a fresh process of its own; `one_process` (smoke) runs them all in one,
+    which saves seven start-ups of TFX and Beam but makes the memory columns meaningless."""
+    rows, pending = [], []
+
+    def flush():
+        for ((n, name), _), r in zip(pending, measure([job for _, job in pending])):
+            assert r["n"] == n, (name, r)  # every file accepted: the same work for each
+            r.update(name=name, files=n, files_per_s=n / r["seconds"])
+            print(json.dumps(r), flush=True)
+            rows.append(r)
+        del pending[:]
+
     for n in sizes:
-        root = os.path.join(common.REPO, "scratch", "bench", f"ingest-{n}")
+        root = os.path.join(common.SCRATCH, f"ingest-{n}")
         t0 = time.perf_counter()
         csv_path = make_data(root, n)
         print(f"{n:,} files ready in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -139,11 +162,10 @@ def run(sizes, only=tuple(MEASUREMENTS)):
             base = csv_path if source == "csv" else os.path.join(root, "tree")
             out = os.path.join(root, "out-" + key)
             subprocess.run(["rm", "-rf", out], check=True)
-            r = measure(mode, base, out)
-            assert r["n"] == n, (name, r)  # every file accepted: the same work for each
-            r.update(name=name, files=n, files_per_s=n / r["seconds"])
-            print(json.dumps(r), flush=True)
-            rows.append(r)
+            pending.append(((n, name), (mode, base, out)))
+            if not one_process:
+                flush()
+    flush()
     return rows
 
 
@@ -197,8 +219,8 @@ def main():
     unknown = sorted(set(only) - set(MEASUREMENTS))
     if unknown:
         p.error(f"--only: unknown {', '.join(unknown)}; choose from {', '.join(MEASUREMENTS)}")
-    sizes = (20_000, 200_000) if args.full else (2_000, 20_000)
-    rows = run(sizes, only)
+    sizes = {"quick": (1_000, 15_000), "full": (20_000, 200_000), "smoke": (40, 80)}[args.mode]
+    rows = run(sizes, only, one_process=args.smoke)
     markdown, missed = report(rows, sizes)
     common.finish(args, f"Ingestion from {sizes[0]:,} to {sizes[1]:,} files: ImageExampleGen vs a bare loop",
                   markdown, missed, rows)

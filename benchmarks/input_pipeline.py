@@ -15,7 +15,10 @@ pipeline figure is the mean of both passes, so a load change on the shared machi
 as a spread between them instead of silently biasing the ratio). In real training they share
 those cores, so a ratio near 1x would mean the step waits for data; the target is >= 2x.
 
-    tools/devenv.sh run python -m benchmarks.input_pipeline [--quick|--full] [--json OUT]
+Timed: 20 batches after 3 of warm-up and the median of 5 steps (quick), 40 / 5 / 10 (full),
+2 / 1 / 1 (smoke). --run DIR reads that completed run's artifacts instead of the cached one's.
+
+    tools/devenv.sh run python -m benchmarks.input_pipeline [--quick|--full|--smoke] [--run DIR] [--json OUT]
 """
 import glob
 import os
@@ -54,7 +57,7 @@ def images_per_second(dataset, batches, warmup):
     return count / (time.perf_counter() - start)
 
 
-def run(full=False):
+def run(args):
     common.quiet_tf()
     import tensorflow as tf
     import tensorflow_transform as tft
@@ -63,13 +66,13 @@ def run(full=False):
     from dolg_model import model as dolg_lib
     from pipeline import dataset
 
-    preset, config, data, run_info = common.bench_run(full)
+    preset, config, data, run_info = common.bench_run(args)
     examples, graph_uri, _ = common.run_artifacts(run_info["output"])
     train_files = sorted(glob.glob(os.path.join(examples.uri, "Split-train", "*")))
     tft_output = tft.TFTransformOutput(graph_uri)
     accessor = _data_accessor(examples)
     batch, size = config.batch_size, config.model.image_size
-    batches, warmup, steps = (40, 5, 10) if full else (20, 3, 5)
+    batches, warmup, steps = (40, 5, 10) if args.full else (2, 1, 1) if args.smoke else (20, 3, 5)
 
     def pipeline_rate(augment):
         ds = dataset.make_dataset(train_files, accessor, tft_output, batch, training=True, augment=augment)
@@ -99,16 +102,15 @@ def run(full=False):
     check = common.verdict("pipeline (with augmentation) / training step", rows[0]["ratio_to_step"],
                            TARGET, higher_is_better=True)
     markdown = (f"Preset `{preset}`: {config.model.backbone} at {size} px, batch {batch}; "
-                f"{data['n_landmarks']}x{data['views_per_landmark']} generated {data['size']} px JPEGs "
-                f"({len(train_files)} train file(s)); {batches} batches timed after {warmup} of warm-up; "
+                f"{data} ({len(train_files)} train file(s)); {batches} batches timed after {warmup} of warm-up; "
                 f"step: median of {steps}. Pipeline run {'reused from' if run_info['reused'] else 'made in'} "
-                f"`{os.path.relpath(run_info['output'], common.REPO)}`.\n\n{table}\n\n{check}")
+                f"`{common.shown_path(run_info['output'])}`.\n\n{table}\n\n{check}")
     return markdown, [check] if "MISSED" in check else [], rows
 
 
 def main():
-    args = common.parser(__doc__).parse_args()
-    markdown, missed, rows = run(args.full)
+    args = common.parser(__doc__, reads_run=True).parse_args()
+    markdown, missed, rows = run(args)
     common.finish(args, "Input pipeline vs training step", markdown, missed, rows)
 
 

@@ -12,7 +12,12 @@ the runner's own start-up (pipeline compilation, MLMD connection, Beam set-up).
 The run is left in scratch/bench/<preset-data>/ where the input pipeline and serving
 benchmarks reuse it (run_all runs this one first).
 
-    tools/devenv.sh run python -m benchmarks.pipeline_wall [--quick|--full] [--json OUT]
+--run DIR reads an existing completed run instead (the --output of ``dolg-tfx run``): its
+components' times as ML Metadata recorded them (a rerun's cached components show as CACHED and
+count as missed), without the runner's own wall time, which only a run made here measures.
+--smoke makes no fresh run: it reads --run DIR, or reuses quick's run (made when absent).
+
+    tools/devenv.sh run python -m benchmarks.pipeline_wall [--quick|--full|--smoke] [--run DIR] [--json OUT]
 """
 import time
 
@@ -37,13 +42,18 @@ def component_times(output):
     return rows, span
 
 
-def run(full=False):
+def run(args):
     common.quiet_tf()
-    preset = common.FULL_PRESET if full else common.QUICK_PRESET
-    data = common.DEMO_DATA if full else common.QUICK_DATA
-    start = time.perf_counter()
-    run_info = common.pipeline_run(preset, data, fresh=True)
-    outer = time.perf_counter() - start  # includes generating the data
+    if args.run or args.smoke:
+        preset, _, data, run_info = common.bench_run(args)
+        outer = None
+    else:
+        preset = common.FULL_PRESET if args.full else common.QUICK_PRESET
+        data = common.DEMO_DATA if args.full else common.QUICK_DATA
+        start = time.perf_counter()
+        run_info = common.pipeline_run(preset, data, fresh=True)
+        outer = time.perf_counter() - start  # includes generating the data
+        data = common.describe_data(data)
     rows, span = component_times(run_info["output"])
     for r in rows:
         r["share"] = r["wall_s"] / span
@@ -53,19 +63,23 @@ def run(full=False):
          for r in rows] + [["**total** (first start to last end)", "", "0.0", f"**{span:.1f}**", "100%"]])
     runner = run_info["wall_s"]
     ing = run_info["summary"].get("ingestion", {})
-    markdown = (f"Preset `{preset}` on {data['n_landmarks']}x{data['views_per_landmark']} generated "
-                f"{data['size']} px JPEGs ({ing.get('emitted_total', '?')} ingested), TFX cache off.\n\n{table}\n\n"
-                f"local_runner.run wall {runner:.1f} s: components' span / runner wall = {span / runner:.2f} "
-                f"(the rest, {runner - span:.1f} s, is the runner's own start-up and bookkeeping); "
-                f"data generation {outer - runner:.1f} s, not included. Slowest component: "
-                f"{max(rows, key=lambda r: r['wall_s'])['component']}.")
+    if outer is not None:
+        made = (f"TFX cache off.\n\n{table}\n\nlocal_runner.run wall {runner:.1f} s: components' span / runner "
+                f"wall = {span / runner:.2f} (the rest, {runner - span:.1f} s, is the runner's own start-up and "
+                f"bookkeeping); data generation {outer - runner:.1f} s, not included.")
+    else:  # read, not made here: the run's own runner wall is known only when reused from scratch/bench
+        made = (f"an existing run read from `{common.shown_path(run_info['output'])}`.\n\n{table}\n\n"
+                + (f"local_runner.run wall when it was made: {runner:.1f} s." if runner else
+                   "The runner's own wall time is not known for a run read with --run."))
+    markdown = (f"Preset `{preset}` on {data} ({ing.get('emitted_total', '?')} ingested), {made} Slowest "
+                f"component: {max(rows, key=lambda r: r['wall_s'])['component']}.")
     missed = [f"component {r['component']} ended {r['state']}" for r in rows if r["state"] != "COMPLETE"]
     return markdown, missed, {"components": rows, "span_s": span, "runner_s": runner}
 
 
 def main():
-    args = common.parser(__doc__).parse_args()
-    markdown, missed, rows = run(args.full)
+    args = common.parser(__doc__, reads_run=True).parse_args()
+    markdown, missed, rows = run(args)
     common.finish(args, "Pipeline wall time per component", markdown, missed, rows)
 
 

@@ -28,7 +28,11 @@ Cost, through GalleryIndex on the same generator in 512 dimensions (the model's 
 time with αQE over a plain search (same k = 100, exact and HNSW backends, median of repeats),
 and the DBA build next to the index build.
 
-    tools/devenv.sh run python -m benchmarks.query_expansion [--quick|--full] [--json OUT]
+Sizes (unseen landmarks, generated classes, classes of the 512-d cost set, cost rounds): quick
+10, 300, 100, 3; full 40, 1000, 1000, 5; smoke 2, 20, 20, 1. --run DIR embeds with that
+completed run's pushed model and eval split instead of the cached tiny run's.
+
+    tools/devenv.sh run python -m benchmarks.query_expansion [--quick|--full|--smoke] [--run DIR] [--json OUT]
 """
 import statistics
 import time
@@ -119,15 +123,18 @@ def _split_scores(db, db_labels, queries, q_labels, qe, dba):
     return _scores(solution, {i: top[i].tolist() for i in solution}, TOP)
 
 
-def _demo_sets(landmarks):
+def _demo_sets(landmarks, given=None):
     """{name: (embeddings, labels)} of the two demo sets, embedded by the cached run's model."""
     common.quiet_tf()
+    import argparse
+
     import tensorflow as tf
 
     from pipeline.demo_data import iter_views
 
-    _, _, _, run = common.bench_run(False)  # the tiny run: its model and its eval split
-    model_dir = run["summary"]["pushed_to"]
+    # the tiny run (whatever the mode) or --run DIR's: its model and its eval split
+    _, _, _, run = common.bench_run(argparse.Namespace(full=False, run=given))
+    model_dir = run["summary"].get("pushed_to") or run["summary"]["model"]  # pushed, else the Trainer's
     model = tf.saved_model.load(model_dir)
     examples = run["summary"]["examples"] + "/Split-eval"
     records = [r.numpy() for r in tf.data.TFRecordDataset(tf.io.gfile.glob(examples + "/*"), compression_type="GZIP")]
@@ -164,9 +171,13 @@ def _timing(db, queries, rounds):
     return out
 
 
-def run(full=False, landmarks=10):
-    model_dir, sets = _demo_sets(landmarks)
-    db, db_labels, queries, q_labels = _generated(1000 if full else 300)
+SIZES = {"quick": (10, 300, 100, 3), "full": (40, 1000, 1000, 5), "smoke": (2, 20, 20, 1)}
+
+
+def run(mode="quick", landmarks=None, given=None):
+    default_landmarks, classes, cost_classes, rounds = SIZES[mode]
+    model_dir, sets = _demo_sets(landmarks or default_landmarks, given)
+    db, db_labels, queries, q_labels = _generated(classes)
     gen_name = (f"generated, harder ({len(queries)} queries; {int(np.sum(db_labels >= 0))} labelled images, 10% "
                 f"mislabelled, + {int(np.sum(db_labels < 0))} distractors)")
     scorers = [(name, lambda qe, dba, x=x, labels=labels: _loo_scores(x, labels, qe, dba))
@@ -179,8 +190,8 @@ def run(full=False, landmarks=10):
             row = {"set": name, "k": k, "plain": plain}
             row.update({method: score(qe, dba) for method, qe, dba in METHODS(k)})
             rows.append(row)
-    big, _, big_queries, _ = _generated(1000 if full else 100, dim=512, seed=1)
-    timing = _timing(big, big_queries[:200], rounds=5 if full else 3)
+    big, _, big_queries, _ = _generated(cost_classes, dim=512, seed=1)
+    timing = _timing(big, big_queries[:200], rounds=rounds)
 
     names = ["plain"] + [m for m, _, _ in METHODS(1)]
     table = common.md_table(
@@ -188,23 +199,25 @@ def run(full=False, landmarks=10):
         [[r["set"], r["k"]] + [f"{100 * r[n][0]:.2f}" for n in names] + [f"{100 * r[n][1]:.2f}" for n in names]
          for r in rows])
     cost = common.md_table(
-        ["backend", "gallery", "plain search (200 queries, k=100)", "αQE K=2", "αQE K=5", "index build", "DBA K=2 build"],
+        ["backend", "gallery", f"plain search ({timing[0]['queries']} queries, k={TOP})", "αQE K=2", "αQE K=5",
+         "index build", "DBA K=2 build"],
         [[t["backend"], f"{t['n']:,}", f"{1e3 * t['plain_s']:.1f} ms", f"{t['qe2_s'] / t['plain_s']:.2f}x",
           f"{t['qe5_s'] / t['plain_s']:.2f}x", f"{t['build_s']:.2f} s", f"{t['dba_s']:.2f} s"] for t in timing])
     markdown = (f"alpha = {ALPHA:g}; K = the number of neighbours merged (the same K for αQE and DBA in a row). "
-                f"Demo embeddings by `{model_dir.replace(common.REPO + '/', '')}` (the tiny preset's model, 24 training "
-                f"steps). mAP is full-ranking AP on the demo sets (leave-one-out; DBA re-augmented without the "
+                f"Demo embeddings by `{common.shown_path(model_dir)}` ("
+                + ("the model of the run read with --run" if given else "the tiny preset's model, 24 training steps")
+                + "). mAP is full-ranking AP on the demo sets (leave-one-out; DBA re-augmented without the "
                 f"query), AP@{TOP} on the generated set (separate queries). \"DBA + αQE\" is what `search` does on "
                 f"a DBA index; \"DBA, raw query\" is `search --qe 0` on it.\n\n{table}\n\n"
-                f"Cost (median of {5 if full else 3}; ratios to a plain search of the same index):\n\n{cost}")
+                f"Cost (median of {rounds}; ratios to a plain search of the same index):\n\n{cost}")
     return markdown, [], {"quality": [dict(r, **{n: list(r[n]) for n in names}) for r in rows], "timing": timing}
 
 
 def main():
-    p = common.parser(__doc__)
+    p = common.parser(__doc__, reads_run=True)
     p.add_argument("--landmarks", type=int, default=None, help="unseen demo landmarks (default 10, --full 40)")
     args = p.parse_args()
-    markdown, missed, rows = run(args.full, args.landmarks or (40 if args.full else 10))
+    markdown, missed, rows = run(args.mode, args.landmarks, args.run)
     common.finish(args, "Query expansion (αQE) and database-side augmentation (DBA)", markdown, missed, rows)
 
 

@@ -22,7 +22,10 @@ block (block_size x N x 4 bytes) and growing with N like N, not N^2 (exponent < 
 the memory target is missed, a tracemalloc run at the smaller N compares the peak with the
 default block against one block of all N queries, to show where the excess comes from.
 
-    tools/devenv.sh run python -m benchmarks.retrieval_eval [--quick|--full] [--json OUT]
+N: 5,000 and 10,000 (quick), 10,000 and 50,000 (full), 500 and 1,000 with one run per cell
+(smoke).
+
+    tools/devenv.sh run python -m benchmarks.retrieval_eval [--quick|--full|--smoke] [--json OUT]
 """
 import json
 import math
@@ -150,9 +153,9 @@ def measure(method, n):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(full=False):
-    sizes = (10_000, 50_000) if full else (5_000, 10_000)
-    repeats = 3  # a single run of the cheap N=5,000 cells is at the mercy of the shared cores
+def run(full=False, smoke=False):
+    sizes = (10_000, 50_000) if full else (500, 1_000) if smoke else (5_000, 10_000)
+    repeats = 1 if smoke else 3  # a single run of the cheap N=5,000 cells is at the mercy of the shared cores
     rows = []
     for n in sizes:
         runs = {m: [] for m in METHODS}
@@ -179,7 +182,7 @@ def run(full=False):
     exponent = math.log(max(hi["peak_extra_mb"], 1e-3) / max(lo["peak_extra_mb"], 1e-3)) / math.log(hi["n"] / lo["n"])
     checks.append(common.verdict(f"protocol peak memory growth exponent, N={lo['n']:,} -> {hi['n']:,} "
                                  f"(1 = linear, 2 = N^2)", exponent, EXPONENT_TARGET, False, unit=""))
-    if any("MISSED" in c and "peak extra" in c for c in checks):
+    if smoke or any("MISSED" in c and "peak extra" in c for c in checks):  # smoke: run its code too
         diag = measure("diagnose", lo["n"])["peak_over_block"]
         one = diag[str(lo["n"])]
         checks.append(f"diagnosis (tracemalloc, N={lo['n']:,}): peak = {diag[str(BLOCK)]:.2f} score blocks with "
@@ -201,7 +204,7 @@ def main():
     if args.child:
         diagnose(args.n) if args.child == "diagnose" else child(args.child, args.n)
         return
-    markdown, missed, rows = run(args.full)
+    markdown, missed, rows = run(args.full, args.smoke)
     common.finish(args, "Leave-one-out retrieval evaluation vs floor and faiss", markdown, missed, rows)
 
 

@@ -1,6 +1,6 @@
 """Runs every benchmark, each in its own subprocess, and writes one benchmarks/RESULTS.md.
 
-Quick mode (the default) keeps the whole run to a few minutes on a 2-core machine; --full runs
+Quick mode (the default) keeps the whole run under 10 minutes on a 2-core machine; --full runs
 the documented sizes. Each benchmark gets a fresh Python process so one's allocations, thread
 pools and TensorFlow state never leak into another's numbers; its section comes back through
 its --json file, and its stdout and stderr go to scratch/bench/logs/<name>.log.
@@ -8,7 +8,21 @@ its --json file, and its stdout and stderr go to scratch/bench/logs/<name>.log.
 pipeline_wall runs first because it (re)makes the pipeline run that input_pipeline and serving
 then reuse from scratch/bench/.
 
-    tools/devenv.sh run python -m benchmarks.run_all [--full] [--out benchmarks/RESULTS.md]
+--smoke runs every benchmark at its smallest size (every code path, numbers meaningless: see
+benchmarks.common), into scratch/bench/RESULTS-smoke.md unless --out says otherwise, logs in
+scratch/bench/logs-smoke/; with --run DIR the benchmarks that read a pipeline run read that
+completed run instead of making one (the suite passes its own run: tests/pipeline/
+test_pipeline_e2e.py). A benchmark that fails shows as FAILED in its section and in "Targets
+missed", and run_all then exits with status 1.
+
+The output file is written whole, except its "## Kept from an earlier run ..." sections:
+hand-kept results of runs make bench does not repeat (e.g. ingest_scale --full, 50 minutes).
+run_all carries them forward verbatim from the file it replaces, at the end, and lists under
+"Targets missed" what each one states under its own "Targets missed here (SOURCE):" line (a
+"- " list right under the heading, or "none."), as "kept (SOURCE): ...". A kept section with
+no such line is listed as one whose misses are not stated, so nothing is silently dropped.
+
+    tools/devenv.sh run python -m benchmarks.run_all [--full|--smoke] [--run DIR] [--out FILE]
     make bench [BENCH_ARGS=--full]
 """
 import argparse
@@ -22,8 +36,9 @@ import time
 
 from benchmarks import common
 
-# (module, title, quick args, full args). train_step predates --quick/--full: its quick size is
-# the cpu-demo backbone (its default resnet50 at 224 px takes minutes per variant on 2 cores).
+# (module, title, quick args, full args); every one takes --smoke. train_step predates
+# --quick/--full: its quick size is the cpu-demo backbone (its default resnet50 at 224 px takes
+# minutes per variant on 2 cores).
 BENCHMARKS = (
     ("pipeline_wall", None, ["--quick"], ["--full"]),
     ("input_pipeline", None, ["--quick"], ["--full"]),
@@ -43,6 +58,59 @@ BENCHMARKS = (
 )
 # These print their own markdown table (caption line first); the others return it in JSON.
 PRINTS_TABLE = {"train_step": "Training step", "dilated_conv": "Dilated 3x3", "dolg_head": "DOLG head"}
+# These read a pipeline run, and take --run DIR.
+READS_RUN = ("pipeline_wall", "input_pipeline", "serving", "first_request", "multi_worker", "query_expansion")
+KEPT = "## Kept from an earlier run"
+MISSED_HERE = "Targets missed here ("
+
+
+def kept_sections(path):
+    """The "## Kept from an earlier run" sections of the file at `path` (none if absent)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return kept_sections_text(f.read())
+
+
+def kept_sections_text(text):
+    """The "## Kept from an earlier run" sections of `text`, verbatim: each from its heading to
+    the next "## " heading or the end."""
+    sections, current = [], None
+    for line in text.split("\n"):
+        if line.startswith("## "):
+            if current is not None:
+                sections.append("\n".join(current).strip("\n"))
+            current = [line] if line.startswith(KEPT) else None
+        elif current is not None:
+            current.append(line)
+    if current is not None:
+        sections.append("\n".join(current).strip("\n"))
+    return sections
+
+
+def kept_misses(section):
+    """What a kept section states as missed, as "kept (SOURCE): ..." lines: the "- " items right
+    after its "Targets missed here (SOURCE):" line (nothing when that line ends in "none.");
+    without that line, one line saying the section states no such list."""
+    lines = section.split("\n")
+    at = next((i for i, line in enumerate(lines) if line.startswith(MISSED_HERE)), None)
+    if at is None:
+        tail = lines[0][len(KEPT):]
+        heading = (tail.split("):", 1)[1] if "):" in tail else tail).strip(" :") or lines[0]
+        return [f'kept ({heading}): the section states no "{MISSED_HERE}...)" list; read it for its misses']
+    source, _, rest = lines[at][len(MISSED_HERE):].partition(")")
+    if rest.strip(" :").rstrip(".").lower() == "none":
+        return []
+    items, started = [], False
+    for line in lines[at + 1:]:
+        if line.startswith("- "):
+            items.append(line[2:].strip())
+            started = True
+        elif line.startswith("  ") and started:  # an item wrapped over several lines
+            items[-1] += " " + line.strip()
+        elif line.strip() or started:
+            break
+    return [f"kept ({source}): {item}" for item in items]
 
 
 def git_commit():
@@ -123,42 +191,72 @@ def printed_markdown(stdout, caption):
     return "\n".join([lines[start], ""] + lines[start + 1:]).strip()
 
 
+def bench_args(module, quick_args, full_args, args):
+    """The command-line arguments of one benchmark in this run's mode."""
+    chosen = ["--smoke"] if args.smoke else full_args if args.full else quick_args
+    return chosen + (["--run", os.path.abspath(args.run)] if args.run and module in READS_RUN else [])
+
+
+def run_benchmarks(args, logs):
+    """{module: (result, seconds, stdout, log)}, one benchmark at a time, in BENCHMARKS' order."""
+    results = {}
+    for module, _, quick_args, full_args in BENCHMARKS:
+        argv = bench_args(module, quick_args, full_args, args)
+        print(f"[run_all] {module} {' '.join(argv)} ...", flush=True)
+        results[module] = run_one(module, argv, logs)
+        print(f"[run_all] {module} {'FAILED' if results[module][0] is None else 'done'} in "
+              f"{results[module][1]:.0f} s", flush=True)
+    return results
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="full", action="store_false")
-    mode.add_argument("--full", dest="full", action="store_true")
-    p.set_defaults(full=False)
-    p.add_argument("--out", default=os.path.join(common.REPO, "benchmarks", "RESULTS.md"))
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full")
+    mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke",
+                      help="every benchmark at its smallest size: checks they run, measures nothing")
+    p.set_defaults(mode="quick")
+    p.add_argument("--run", metavar="DIR", help=f"a completed local pipeline run for {', '.join(READS_RUN)} to read")
+    p.add_argument("--out", help="default benchmarks/RESULTS.md, with --smoke scratch/bench/RESULTS-smoke.md")
     args = p.parse_args()
-    logs = os.path.join(common.SCRATCH, "logs")
+    args.full, args.smoke = args.mode == "full", args.mode == "smoke"
+    out = args.out or (os.path.join(common.SCRATCH, "RESULTS-smoke.md") if args.smoke
+                       else os.path.join(common.REPO, "benchmarks", "RESULTS.md"))
+    logs = os.path.join(common.SCRATCH, "logs-smoke" if args.smoke else "logs")
     os.makedirs(logs, exist_ok=True)
 
     header = machine()
-    sections, missed, timing = [], [], []
-    for module, title, quick_args, full_args in BENCHMARKS:
-        bench_args = full_args if args.full else quick_args
-        print(f"[run_all] {module} {' '.join(bench_args)} ...", flush=True)
-        result, seconds, stdout, log = run_one(module, bench_args, logs)
+    kept = kept_sections(out)
+    results = run_benchmarks(args, logs)
+    sections, missed, timing, failed = [], [], [], []
+    for module, title, _, _ in BENCHMARKS:
+        result, seconds, stdout, log = results[module]
         timing.append(f"{module} {seconds:.0f} s")
-        log_rel = os.path.relpath(log, common.REPO)
+        log_rel = common.shown_path(log)
         if result is None:
+            failed.append(module)
             sections.append(f"## {title or module}\n\nFAILED after {seconds:.0f} s; see `{log_rel}`.")
             missed.append(f"{module}: FAILED (see {log_rel})")
         elif module in PRINTS_TABLE:
-            sections.append(f"## {title}\n\n{printed_markdown(stdout, PRINTS_TABLE[module])}")
+            smoke = " (smoke)" if args.smoke else ""
+            sections.append(f"## {title}{smoke}\n\n{printed_markdown(stdout, PRINTS_TABLE[module])}")
         else:
             sections.append(f"## {result['title']}\n\n{result['markdown']}")
             missed += [f"{module}: {line}" for line in result["missed"]]
-        print(f"[run_all] {module} done in {seconds:.0f} s", flush=True)
+    for section in kept:
+        missed += kept_misses(section)
 
     command = "tools/devenv.sh run python -m benchmarks.run_all" + "".join(f" {a}" for a in sys.argv[1:])
+    smoke_note = ["Smoke run: every benchmark at its smallest size, to check that it runs; no figure below",
+                  "means anything, and the verdicts were computed only to run their code.", ""] if args.smoke else []
     text = "\n".join([
         "# DOLG-TFX benchmarks",
         "",
-        f"Mode: **{'full' if args.full else 'quick'}**. Command: `{command}` (`make bench` runs the same).",
+        f"Mode: **{args.mode}**. Command: `{command}`" + ("" if args.smoke else " (`make bench` runs the same)."),
         "Every figure that matters is a ratio of two things measured side by side in the same run;",
-        "each benchmark ran in its own subprocess. Written by benchmarks/run_all.py: do not edit by hand.",
+        "each benchmark ran in its own subprocess. Written by benchmarks/run_all.py: do not edit by hand,",
+        'except the sections headed "Kept from an earlier run" at the end, which run_all carries forward as they are.',
         "",
         "## Machine",
         "",
@@ -167,14 +265,18 @@ def main():
         "",
         "## Targets missed",
         "",
+        *smoke_note,
         *([f"- {m}" for m in missed] or ["- none"]),
         "",
         *[s + "\n" for s in sections],
+        *[s + "\n" for s in kept],
     ])
-    with open(args.out, "w") as f:
+    with open(out, "w") as f:
         f.write(text)
     print(text)
-    print(f"[run_all] wrote {args.out}")
+    print(f"[run_all] wrote {out}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

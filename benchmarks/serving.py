@@ -13,10 +13,11 @@ the multi-scale descriptor. Its floor is the same work done by hand with nothing
 
 Both the exported model (the config's scales) and a re-export of it at the paper's three scales.
 Batches of 1, 8 and 32 real JPEGs from the run's eval split. For each batch size the three
-are measured round-robin for several rounds and the medians are compared, so a load change
-on the shared machine hits all three alike. Target: serving / floor <= 1.15x.
+are measured round-robin for several rounds (quick 5, full 9) and the medians are compared, so
+a load change on the shared machine hits all three alike. Target: serving / floor <= 1.15x.
+Smoke: a batch of 2, one round of one call. --run DIR reads that completed run's model.
 
-    tools/devenv.sh run python -m benchmarks.serving [--quick|--full] [--json OUT]
+    tools/devenv.sh run python -m benchmarks.serving [--quick|--full|--smoke] [--run DIR] [--json OUT]
 """
 import os
 import statistics
@@ -46,7 +47,7 @@ def model_dir(summary):
     return summary.get("pushed_to") or summary["model"]
 
 
-def measure(serve, keras_model, scales, size, config, images, rounds):
+def measure(serve, keras_model, scales, size, config, images, rounds, batches=BATCHES, calls_per_image=16):
     """Rows of serving vs floor for each batch size, for one SavedModel and its Keras model."""
     import numpy as np
     import tensorflow as tf
@@ -67,10 +68,10 @@ def measure(serve, keras_model, scales, size, config, images, rounds):
         return serve(**{contract.IMAGES_INPUT: encoded})
 
     rows = []
-    for batch in BATCHES:
+    for batch in batches:
         encoded = tf.constant([images[i % len(images)] for i in range(batch)])
         pixels = decode(encoded)
-        calls = max(1, 16 // batch)  # enough calls that batch 1 is not one clock tick
+        calls = max(1, calls_per_image // batch)  # enough calls that batch 1 is not one clock tick
         served = serving(encoded)[contract.EMBEDDING_OUTPUT].numpy()
         floor_out = keras_embed(pixels).numpy()
         for _ in range(2):  # warm-up: oneDNN picks its kernels per shape on first use
@@ -88,7 +89,7 @@ def measure(serve, keras_model, scales, size, config, images, rounds):
     return rows
 
 
-def run(full=False):
+def run(args):
     common.quiet_tf()
     import tensorflow as tf
     import tensorflow_transform as tft
@@ -96,26 +97,27 @@ def run(full=False):
     from pipeline import signatures
     from pipeline.demo_report import read_split
 
-    preset, config, data, run_info = common.bench_run(full)
+    preset, config, data, run_info = common.bench_run(args)
     size = config.model.image_size
     path = model_dir(run_info["summary"])
     _, images, _ = read_split(run_info["summary"]["examples"], "eval")
-    rounds = 9 if full else 5
+    rounds = 9 if args.full else 1 if args.smoke else 5
+    sizes = {"batches": (2,), "calls_per_image": 1} if args.smoke else {}
 
     keras_model = tf.keras.models.load_model(path, compile=False)
     rows = measure(tf.saved_model.load(path).signatures["serving_default"], keras_model,
-                   config.model.scales, size, config, images, rounds)
+                   config.model.scales, size, config, images, rounds, **sizes)
     # The presets serve at one scale; the multi-scale path (the paper's three) is measured on a
     # re-export of the same trained model through pipeline.signatures.export and the run's
     # real Transform graph, so the floor must do all three scales too.
     if tuple(config.model.scales) != PAPER_SCALES:
         _, graph_uri, _ = common.run_artifacts(run_info["output"])
-        multi_dir = os.path.join(os.path.dirname(run_info["output"]), "multiscale_export")
+        multi_dir = os.path.join(run_info["scratch"], "multiscale_export")
         if tf.io.gfile.exists(multi_dir):
             tf.io.gfile.rmtree(multi_dir)
         signatures.export(keras_model, tft.TFTransformOutput(graph_uri), PAPER_SCALES, multi_dir)
         rows += measure(tf.saved_model.load(multi_dir).signatures["serving_default"], keras_model,
-                        PAPER_SCALES, size, config, images, rounds)
+                        PAPER_SCALES, size, config, images, rounds, **sizes)
 
     table = common.md_table(
         ["scales", "batch", "serving_default ms", "keras ms", "decode ms", "floor ms (keras+decode)",
@@ -126,16 +128,16 @@ def run(full=False):
     checks = [common.verdict(f"scales {r['scales']}, batch {r['batch']}: serving / floor", r["ratio"], TARGET,
                              higher_is_better=False) for r in rows]
     markdown = (f"Preset `{preset}`: {config.model.backbone} at {size} px, resize `{config.resize_mode}`; "
-                f"{data['size']} px generated JPEGs from the eval split; medians of {rounds} round-robin rounds. "
-                f"Model: `{os.path.relpath(path, common.REPO)}` (config scales {list(config.model.scales)}); "
+                f"{data}, the eval split's; medians of {rounds} round-robin rounds. "
+                f"Model: `{common.shown_path(path)}` (config scales {list(config.model.scales)}); "
                 f"the {list(PAPER_SCALES)} rows re-export that model with pipeline.signatures.export.\n\n"
                 f"{table}\n\n" + "\n".join(f"- {c}" for c in checks))
     return markdown, [c for c in checks if "MISSED" in c], rows
 
 
 def main():
-    args = common.parser(__doc__).parse_args()
-    markdown, missed, rows = run(args.full)
+    args = common.parser(__doc__, reads_run=True).parse_args()
+    markdown, missed, rows = run(args)
     common.finish(args, "Serving latency vs Keras + decode", markdown, missed, rows)
 
 

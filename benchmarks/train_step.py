@@ -6,7 +6,11 @@ multi-atrous block. Prints parameters, forward FLOPs at the given size, and the 
 of one training step for each, with ratios to the floor.
 
     tools/devenv.sh run python -m benchmarks.train_step [--backbone resnet50] [--size 224]
-        [--batch 8] [--steps 10] [--json OUT]
+        [--batch 8] [--steps 10] [--smoke] [--json OUT]
+
+run_all's quick size: --backbone mobilenetv3small --size 96 --batch 16 --steps 5; full: the
+defaults. --smoke: the smallest that runs every candidate (mobilenetv3small at 32 px, batch 2,
+one round), for any option not given.
 """
 import argparse
 import json
@@ -83,18 +87,26 @@ def run(backbone="resnet50", size=224, batch=8, steps=10, variants=("none", "aut
     return rows
 
 
+DEFAULTS = {"backbone": "resnet50", "size": 224, "batch": 8, "steps": 10}
+SMOKE = {"backbone": "mobilenetv3small", "size": 32, "batch": 2, "steps": 1}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--backbone", help=f"default {DEFAULTS['backbone']}")
+    for name in ("size", "batch", "steps"):
+        parser.add_argument(f"--{name}", type=int, help=f"default {DEFAULTS[name]}")
     parser.add_argument("--variants", default="none,authors")
+    parser.add_argument("--smoke", action="store_true", help=f"smallest sizes that run every candidate: {SMOKE}")
     parser.add_argument("--json")
     args = parser.parse_args()
+    for name, value in (SMOKE if args.smoke else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     rows = run(args.backbone, args.size, args.batch, args.steps, tuple(args.variants.split(",")))
     print(f"\nTraining step, {args.backbone} at {args.size} px, batch {args.batch}, CPU "
-          f"({tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads), median of {args.steps}")
+          f"({tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads), median of {args.steps}"
+          + (" (smoke: the numbers mean nothing)" if args.smoke else ""))
     print("| model | params (M) | forward GFLOPs | step s | step / floor | FLOPs / floor |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -1,9 +1,10 @@
 """Every benchmark module imports, and every Python script it runs in a child process compiles.
 
-Not the smoke run issue 26 asks for (each benchmark at its smallest size in the suite): a
-cheap first line that catches what broke ``make bench`` twice, an import left behind by a move
-and a child script mangled by an edit (``benchmarks/ingest_scale.py``'s ``_CHILD`` had an
-unindented import: an IndentationError only ``make bench`` saw).
+A cheap first line, beside the smoke run of every benchmark (``run_all --smoke`` in
+tests/pipeline/test_pipeline_e2e.py), that catches in a second what broke ``make bench`` twice:
+an import left behind by a move and a child script mangled by an edit
+(``benchmarks/ingest_scale.py``'s ``_CHILD`` had an unindented import: an IndentationError only
+``make bench`` saw).
 """
 import ast
 import importlib

@@ -14,6 +14,8 @@ import os
 import pathlib
 import re
 import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -521,6 +523,36 @@ def test_serving_rejects_bad_inputs_and_keeps_serving(first_run):
         with pytest.raises(tf.errors.InvalidArgumentError):
             serve(images=tf.constant([payload]))
         assert serve(images=tf.constant([good]))["embedding"].shape == (1, CONFIG.model.embedding_dim)
+
+
+@pytest.mark.slow
+def test_every_benchmark_runs_in_smoke_mode_on_this_run(first_run, tmp_path):
+    """Issue 26: ``benchmarks.run_all --smoke`` runs every benchmark at its smallest size, the ones
+    that read a pipeline run on this file's run (``--run``: no run of their own), so a broken
+    benchmark fails the suite and not only ``make bench``. Before the rerun below, so the run
+    read is the complete first one. Checked against a mutation: multi_worker's pattern for Keras'
+    epoch lines put back to "ms/step" only (as it was before this test): a first epoch that
+    prints "5s/step" was not matched, so dropping the first match left nothing, multi_worker
+    FAILED (RuntimeError "no epoch timings after the first") and this test failed with its log.
+    (In quick mode the same pattern silently dropped a real epoch instead.)"""
+    from benchmarks import run_all
+
+    scratch, out = tmp_path / "bench", tmp_path / "RESULTS.md"
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--smoke", "--run", str(first_run["out"]),
+                          "--out", str(out)], cwd=REPO, env=dict(os.environ, DOLG_TFX_BENCH_SCRATCH=str(scratch)),
+                         capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - start
+    modules = [module for module, *_ in run_all.BENCHMARKS]
+    failed = [m for m in modules if f"[run_all] {m} FAILED" in run.stdout]
+    logs = "".join(f"\n---- {m} ----\n" + (scratch / "logs-smoke" / f"{m}.log").read_text()[-3000:] for m in failed)
+    assert run.returncode == 0 and not failed, run.stdout[-3000:] + run.stderr[-2000:] + logs
+    text = out.read_text(encoding="utf-8")
+    assert "FAILED" not in text
+    assert all(f"[run_all] {m} done in " in run.stdout for m in modules), run.stdout[-3000:]
+    smoke_sections = [line for line in text.splitlines() if line.startswith("## ") and line.endswith(" (smoke)")]
+    assert len(smoke_sections) == len(modules), smoke_sections
+    print(f"benchmarks.run_all --smoke: {wall:.0f} s; {text.split('wall time per benchmark: ')[1].split(chr(10))[0]}")
 
 
 def test_a_stricter_threshold_reuses_the_cache_and_pushes_nothing(first_run):
