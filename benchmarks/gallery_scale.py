@@ -13,8 +13,9 @@ shards).
 Target (issue 24): the peak (anonymous) over imports grows by <= 50 MB from 20,000 to 200,000
 images.
 
-    tools/devenv.sh run python -m benchmarks.gallery_scale [--quick|--full] [--json OUT]
-      quick: 2,000 and 20,000 images; --full: 20,000 and 200,000
+    tools/devenv.sh run python -m benchmarks.gallery_scale [--quick|--full|--smoke] [--json OUT]
+      quick: 1,000 and 15,000 images (ingest_scale's quick trees, shared); --full: 20,000 and
+      200,000; --smoke: 40 and 80
 """
 import json
 import math
@@ -105,7 +106,7 @@ def report(rows):
 
 def main():
     args = common.parser(__doc__).parse_args()
-    sizes = (20_000, 200_000) if args.full else (2_000, 20_000)
+    sizes = {"quick": (1_000, 15_000), "full": (20_000, 200_000), "smoke": (40, 80)}[args.mode]
     rows = run(sizes)
     markdown, missed = report(rows)
     common.finish(args, f"Gallery indexing from {sizes[0]:,} to {sizes[1]:,} images: the launcher's memory",

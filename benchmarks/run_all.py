@@ -54,6 +54,7 @@ BENCHMARKS = (
     ("index_scale", None, ["--quick"], ["--full"]),
     ("multi_worker", None, ["--quick"], ["--full"]),
     ("ingest_scale", None, ["--quick"], ["--full"]),
+    ("gallery_scale", None, ["--quick"], ["--full"]),
     ("query_expansion", None, ["--quick"], ["--full"]),
 )
 # These print their own markdown table (caption line first); the others return it in JSON.
