@@ -83,10 +83,11 @@ def _wait(procs, logs, timeout=900):
 
 
 def _weights(model_dir):
-    import tensorflow as tf
+    """The exported network's weights by name, rebuilt by Keras from the export (which keeps no
+    per-layer traces, so tf.saved_model.load gives the signatures but not the Keras variables)."""
+    from dolg_model.explain import load_descriptor_model
 
-    loaded = tf.saved_model.load(model_dir)
-    return {v.name: v.numpy() for v in loaded.variables}
+    return {w.name: w.numpy() for w in load_descriptor_model(model_dir).weights}
 
 
 def _leftovers(out):
