@@ -41,30 +41,40 @@ def build_signatures(dolg, tft_layer, raw_feature_spec, scales, resize_mode="pad
         out = tft_layer({F.IMAGE: tf.reshape(encoded, [-1, 1])})
         return tf.ensure_shape(out[F.IMAGE], [None, None, None, 3])
 
+    # One traced function behind the three embedding signatures: tracing the decoder and the
+    # network (twice each: multi_scale_embedding's first scale and its loop) is most of an
+    # export's cost, and a SavedModel's every function is loaded and instantiated again by each
+    # process that serves it (TF Serving, the Evaluator, `search`). autograph=False on every
+    # function here: the code is plain TensorFlow (tf.cond, tf.while_loop), and AutoGraph
+    # re-transpiled it, the decoder's header probe included, in every exporting process.
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.float32)], autograph=False)
+    def embed_images(encoded, at_scales):
+        return multi_scale_embedding(dolg, decode(encoded), at_scales)
+
     def embed(encoded, at_scales):
-        return {contract.EMBEDDING_OUTPUT: multi_scale_embedding(dolg, decode(encoded), at_scales)}
+        return {contract.EMBEDDING_OUTPUT: embed_images(tf.reshape(encoded, [-1]), at_scales)}
 
     exported_scales = tf.constant(scales, tf.float32)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT)], autograph=False)
     def serve_images(images):
         return embed(images, exported_scales)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)], autograph=False)
     def serve_examples(examples):
         parsed = tf.io.parse_example(examples, _image_only_spec())
         return embed(parsed[F.IMAGE], exported_scales)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT),
-                                  tf.TensorSpec([None], tf.float32, name=contract.SCALES_INPUT)])
+                                  tf.TensorSpec([None], tf.float32, name=contract.SCALES_INPUT)], autograph=False)
     def serve_scales(images, scales):
         return embed(images, scales)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)], autograph=False)
     def transform_features(examples):
         return tft_layer(tf.io.parse_example(examples, raw_feature_spec))
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.string, name=contract.ATTENTION_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string, name=contract.ATTENTION_INPUT)], autograph=False)
     def serve_attention(image):
         frame = decode(tf.reshape(image, [1]))
         size = tf.shape(frame)[1]
