@@ -9,8 +9,7 @@ so this measures what the collective costs (gradient all-reduce every step, two 
 pipelines), not a speed-up: a ratio near 1.0 means the collective is cheap.
 Steps/s is read from Keras' per-epoch ms/step after the first epoch (which traces the step).
 
-Steps (steps per epoch): quick 24 (6), full 60 (10), smoke 2 (1: one epoch timed; the one
-process and the two workers start together, so the smoke run takes the time of one). Until
+Steps (steps per epoch): quick 24 (6), full 60 (10), smoke 2 (1: one epoch timed). Until
 2026-12-02 each run first made its own inputs (the fixture's ``prepare``: a 17 s pipeline).
 
     tools/devenv.sh run python -m benchmarks.multi_worker [--quick|--full|--smoke] [--run DIR] [--json OUT]
@@ -64,10 +63,8 @@ def write_inputs(run_output, path):
                    "transform_graph": graph_uri, "schema": schema.uri}, f)
 
 
-def run(steps, per_epoch, given=None, together=False):
-    """Rows of the one process and the two workers; `given`: a --run DIR to read. `together`
-    (smoke) starts the one process beside the two workers instead of before them: the same
-    code paths in the time of the slower, the timings then meaningless."""
+def run(steps, per_epoch, given=None):
+    """Rows of the one process and the two workers; `given`: a --run DIR to read."""
     from pipeline.config import load_config
 
     if given:
@@ -81,32 +78,24 @@ def run(steps, per_epoch, given=None, together=False):
     inputs = os.path.join(work, "inputs.json")
     write_inputs(run_info["output"], inputs)
     config = config.replace(train_steps=steps, steps_per_epoch=per_epoch, augment=False)
+    rows = []
     one_log = os.path.join(work, "one.log")
-    logs = [os.path.join(work, f"worker{i}.log") for i in range(2)]
-
-    def start_one():
-        return time.perf_counter(), _launch(inputs, os.path.join(work, "one"), config.trainer_json(), steps, one_log)
-
-    def start_cluster():
-        ports = local_cluster.free_ports(2)
-        return time.perf_counter(), [_launch(inputs, os.path.join(work, "cluster"), config.trainer_json(), steps,
-                                             logs[i], local_cluster.tf_config(ports, i)) for i in range(2)]
-
-    one_start, one = start_one()
-    if together:
-        cluster_start, procs = start_cluster()
+    start = time.perf_counter()
+    one = _launch(inputs, os.path.join(work, "one"), config.trainer_json(), steps, one_log)
     if one.wait() != 0:
         raise RuntimeError(f"the single process failed: see {one_log}")
-    one_wall = time.perf_counter() - one_start
-    if not together:
-        cluster_start, procs = start_cluster()
+    rows.append({"run": "one process, default strategy", "replicas": 1, "per_replica": config.batch_size,
+                 "steps_per_s": _steps_per_s(one_log), "wall_s": time.perf_counter() - start})
+    ports = local_cluster.free_ports(2)
+    logs = [os.path.join(work, f"worker{i}.log") for i in range(2)]
+    start = time.perf_counter()
+    procs = [_launch(inputs, os.path.join(work, "cluster"), config.trainer_json(), steps, logs[i],
+                     local_cluster.tf_config(ports, i)) for i in range(2)]
     if any(p.wait() != 0 for p in procs):
         raise RuntimeError(f"a worker failed: see {logs}")
-    rows = [{"run": "one process, default strategy", "replicas": 1, "per_replica": config.batch_size,
-             "steps_per_s": _steps_per_s(one_log), "wall_s": one_wall},
-            {"run": "two workers on 127.0.0.1 (MultiWorkerMirroredStrategy)", "replicas": 2,
-             "per_replica": config.batch_size // 2, "steps_per_s": _steps_per_s(logs[0]),
-             "wall_s": time.perf_counter() - cluster_start}]
+    rows.append({"run": "two workers on 127.0.0.1 (MultiWorkerMirroredStrategy)", "replicas": 2,
+                 "per_replica": config.batch_size // 2, "steps_per_s": _steps_per_s(logs[0]),
+                 "wall_s": time.perf_counter() - start})
     return rows, (f"{config.model.backbone} at {config.model.image_size} px, the Examples of "
                   f"`{common.shown_path(run_info['output'])}`")
 
@@ -115,7 +104,7 @@ def main():
     parser = common.parser(__doc__, reads_run=True)
     args = parser.parse_args()
     steps, per_epoch = {"quick": (24, 6), "full": (60, 10), "smoke": (2, 1)}[args.mode]
-    rows, config_text = run(steps, per_epoch, args.run, together=args.mode == "smoke")
+    rows, config_text = run(steps, per_epoch, args.run)
     ratio = rows[1]["steps_per_s"] / rows[0]["steps_per_s"]
     table = common.md_table(
         ["run", "replicas x batch", "steps/s", "wall s (incl. start-up, export)"],
