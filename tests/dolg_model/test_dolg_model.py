@@ -67,7 +67,9 @@ def test_save_and_load_give_identical_embeddings(tmp_path, variant):
     x = np.random.default_rng(2).uniform(0, 255, size=(2, 80, 72, 3)).astype(np.float32)
     want = dolg(x, training=False).numpy()
     for target in (tmp_path / "savedmodel", tmp_path / "model.keras", tmp_path / "model.h5"):
-        dolg.save(str(target))
+        # The SavedModel as pipeline/signatures.export writes it: rebuilt from the layers'
+        # configs on load (tracing every layer's call would add ~8 s and test nothing more here).
+        dolg.save(str(target), **({"save_traces": False} if target.name == "savedmodel" else {}))
         again = tf.keras.models.load_model(str(target))
         got = again(x, training=False).numpy()
         assert np.abs(got - want).max() < 1e-6, target.name
