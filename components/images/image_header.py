@@ -101,10 +101,16 @@ def _probe_jpeg(data, head, hb):
     return _ok(shape[1], shape[0])
 
 
+def _choose(condition, if_true, if_false):
+    """One of two probe results, both computed (fixed reads of the head, constants): a select,
+    not a branch, because every branch function is instantiated again by each process's first
+    request."""
+    return tuple(tf.where(condition, a, b) for a, b in zip(if_true, if_false))
+
+
 def _probe_png(data, head, hb):
-    return tf.cond(_has(head, 12, b"IHDR"),
-                   lambda: _ok(_at(hb, 16, 4, False), _at(hb, 20, 4, False)),
-                   lambda: _refusal("PNG: first chunk is not IHDR"))
+    return _choose(_has(head, 12, b"IHDR"), _ok(_at(hb, 16, 4, False), _at(hb, 20, 4, False)),
+                   _refusal("PNG: first chunk is not IHDR"))
 
 
 def _probe_bmp(data, head, hb):
@@ -114,13 +120,11 @@ def _probe_bmp(data, head, hb):
     height = tf.abs(tf.where(height >= 2 ** 31, height - 2 ** 32, height))  # < 0: top-down rows
     bits, compression = _at(hb, 28, 2, True), _at(hb, 30, 4, True)
     supported = tf.logical_and(tf.reduce_any(tf.equal(bits, rules.BMP_BITS)), compression == 0)
-    return tf.case([
-        (dib < rules.BMP_MIN_INFO_HEADER, lambda: _refusal(tf.strings.format(
-            "BMP with a {}-byte info header (OS/2) is not supported: convert to PNG", dib))),
-        (tf.logical_not(supported), lambda: _refusal(tf.strings.format(
-            "BMP with {} bits per pixel, compression {} is not supported (only uncompressed 24/32-bit): "
-            "convert to PNG", (bits, compression))))],
-        default=lambda: _ok(width, height), exclusive=False)
+    by_pixels = _choose(supported, _ok(width, height), _refusal(tf.strings.format(
+        "BMP with {} bits per pixel, compression {} is not supported (only uncompressed 24/32-bit): "
+        "convert to PNG", (bits, compression))))
+    return _choose(dib < rules.BMP_MIN_INFO_HEADER, _refusal(tf.strings.format(
+        "BMP with a {}-byte info header (OS/2) is not supported: convert to PNG", dib)), by_pixels)
 
 
 def _gif_walk(data, hb):
@@ -191,15 +195,14 @@ def _first_anmf(data):
 
 def _probe_webp(data, head, hb):
     def vp8():
-        return tf.cond(_has(head, 23, b"\x9d\x01\x2a"),
-                       lambda: _ok(_at(hb, 26, 2, True) % 16384, _at(hb, 28, 2, True) % 16384, -1),
-                       lambda: _refusal("WebP: VP8 frame without its start code"))
+        return _choose(_has(head, 23, b"\x9d\x01\x2a"),
+                       _ok(_at(hb, 26, 2, True) % 16384, _at(hb, 28, 2, True) % 16384, -1),
+                       _refusal("WebP: VP8 frame without its start code"))
 
     def vp8l():
         bits = _at(hb, 21, 4, True)
-        return tf.cond(hb[20] == 0x2F,
-                       lambda: _ok(bits % 16384 + 1, (bits // 16384) % 16384 + 1, -1),
-                       lambda: _refusal("WebP: VP8L bitstream without its signature"))
+        return _choose(hb[20] == 0x2F, _ok(bits % 16384 + 1, (bits // 16384) % 16384 + 1, -1),
+                       _refusal("WebP: VP8L bitstream without its signature"))
 
     def vp8x():
         width, height = _at(hb, 24, 3, True) + 1, _at(hb, 27, 3, True) + 1
@@ -290,27 +293,30 @@ def header_size(data):
 
 
 # ------------------------------------------------------------------------------ EXIF
+def _ints_ordered(raw, little_endian):
+    """``_ints`` with the byte order a boolean tensor (a TIFF header's): one read, no branch."""
+    n = raw.shape[-1]
+    return tf.reduce_sum(raw * tf.where(little_endian, _weights(n, True), _weights(n, False)), axis=-1)
+
+
 def _tiff_orientation(data, tiff, end):
-    """The orientation tag of the TIFF structure at ``tiff`` (ending at ``end``), 1 if absent/broken."""
+    """The orientation tag of the TIFF structure at ``tiff`` (ending at ``end``), 1 if absent/broken.
+    Both byte orders are read by one set of ops (weights chosen by the header's), not in two
+    branches: every op and branch function is paid again by each process's first request."""
     order = tf.strings.substr(data, tf.clip_by_value(tiff, 0, byte_length(data)), 4)
     little, big = order == b"II*\x00", order == b"MM\x00*"
-
-    def parse(le):
-        ifd = tiff + read_int(data, tiff + 4, 4, le)
-        count = read_int(data, ifd, 2, le)
-        entries = tf.reshape(_read(data, ifd + 2, 12 * _IFD_ENTRIES), [_IFD_ENTRIES, 12])
-        tag, kind, n = _ints(entries[:, 0:2], le), _ints(entries[:, 2:4], le), _ints(entries[:, 4:8], le)
-        value = tf.where(kind == 3, _ints(entries[:, 8:10], le), _ints(entries[:, 8:12], le))
-        # Pillow's reading: a SHORT with its value(s) inline (count 1 or 2: the first), or one LONG.
-        hit = (tf.range(_IFD_ENTRIES, dtype=tf.int64) < count) & (tag == 0x0112) & (
-            ((kind == 3) & (n >= 1) & (n <= 2)) | ((kind == 4) & (n == 1)))
-        first = tf.argmax(tf.cast(hit, tf.int32), output_type=tf.int64)
-        fits = tf.logical_and(tf.logical_and(ifd >= tiff + 8, ifd + 2 + 12 * count <= end), tf.reduce_any(hit))
-        v = tf.where(fits, value[first], 1)
-        return tf.where((v >= 1) & (v <= 8), v, 1)
-
-    return tf.case([(little, lambda: parse(True)), (big, lambda: parse(False))],
-                   default=lambda: tf.constant(1, tf.int64), exclusive=True)
+    ifd = tiff + _ints_ordered(_read(data, tiff + 4, 4), little)
+    count = _ints_ordered(_read(data, ifd, 2), little)
+    entries = tf.reshape(_read(data, ifd + 2, 12 * _IFD_ENTRIES), [_IFD_ENTRIES, 12])
+    tag, kind, n = (_ints_ordered(entries[:, a:b], little) for a, b in ((0, 2), (2, 4), (4, 8)))
+    value = tf.where(kind == 3, _ints_ordered(entries[:, 8:10], little), _ints_ordered(entries[:, 8:12], little))
+    # Pillow's reading: a SHORT with its value(s) inline (count 1 or 2: the first), or one LONG.
+    hit = (tf.range(_IFD_ENTRIES, dtype=tf.int64) < count) & (tag == 0x0112) & (
+        ((kind == 3) & (n >= 1) & (n <= 2)) | ((kind == 4) & (n == 1)))
+    first = tf.argmax(tf.cast(hit, tf.int32), output_type=tf.int64)
+    fits = (little | big) & (ifd >= tiff + 8) & (ifd + 2 + 12 * count <= end) & tf.reduce_any(hit)
+    v = tf.where(fits, value[first], 1)
+    return tf.where((v >= 1) & (v <= 8), v, 1)
 
 
 def _read_many(data, positions, length):
@@ -376,4 +382,5 @@ def orientation(data, fmt):
         tf.cast(fmt, tf.int32),
         [lambda i=i: readers[i](data) if i in readers else none() for i in range(len(rules.FORMATS))],
         default=none)
-    return tf.cond(found, lambda: _tiff_orientation(source, tiff, end), lambda: tf.constant(1, tf.int64))
+    # Read whether found or not (a few hundred bytes at clipped offsets), then chosen: no branch.
+    return tf.where(found, _tiff_orientation(source, tiff, end), tf.constant(1, tf.int64))
