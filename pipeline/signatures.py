@@ -24,6 +24,13 @@ def _image_only_spec():
     return {F.IMAGE: tf.io.FixedLenFeature([1], tf.string)}
 
 
+def _graph_function(*input_specs):
+    """tf.function with a fixed signature and no AutoGraph: the exported code is plain TensorFlow
+    (tf.cond, tf.while_loop), and AutoGraph re-transpiled it, the decoder's header probe
+    included, in every exporting process."""
+    return tf.function(input_signature=list(input_specs), autograph=False)
+
+
 def build_signatures(dolg, tft_layer, raw_feature_spec, scales, resize_mode="pad"):
     """Concrete functions for model.save(signatures=...).
 
@@ -44,10 +51,8 @@ def build_signatures(dolg, tft_layer, raw_feature_spec, scales, resize_mode="pad
     # One traced function behind the three embedding signatures: tracing the decoder and the
     # network (twice each: multi_scale_embedding's first scale and its loop) is most of an
     # export's cost, and a SavedModel's every function is loaded and instantiated again by each
-    # process that serves it (TF Serving, the Evaluator, `search`). autograph=False on every
-    # function here: the code is plain TensorFlow (tf.cond, tf.while_loop), and AutoGraph
-    # re-transpiled it, the decoder's header probe included, in every exporting process.
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.float32)], autograph=False)
+    # process that serves it (TF Serving, the Evaluator, `search`).
+    @_graph_function(tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.float32))
     def embed_images(encoded, at_scales):
         return multi_scale_embedding(dolg, decode(encoded), at_scales)
 
@@ -56,25 +61,25 @@ def build_signatures(dolg, tft_layer, raw_feature_spec, scales, resize_mode="pad
 
     exported_scales = tf.constant(scales, tf.float32)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT)], autograph=False)
+    @_graph_function(tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT))
     def serve_images(images):
         return embed(images, exported_scales)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)], autograph=False)
+    @_graph_function(tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT))
     def serve_examples(examples):
         parsed = tf.io.parse_example(examples, _image_only_spec())
         return embed(parsed[F.IMAGE], exported_scales)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT),
-                                  tf.TensorSpec([None], tf.float32, name=contract.SCALES_INPUT)], autograph=False)
+    @_graph_function(tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT),
+                     tf.TensorSpec([None], tf.float32, name=contract.SCALES_INPUT))
     def serve_scales(images, scales):
         return embed(images, scales)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)], autograph=False)
+    @_graph_function(tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT))
     def transform_features(examples):
         return tft_layer(tf.io.parse_example(examples, raw_feature_spec))
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.string, name=contract.ATTENTION_INPUT)], autograph=False)
+    @_graph_function(tf.TensorSpec([], tf.string, name=contract.ATTENTION_INPUT))
     def serve_attention(image):
         frame = decode(tf.reshape(image, [1]))
         size = tf.shape(frame)[1]
