@@ -1,11 +1,12 @@
 """What ingestion's grouping steps alone cost the DirectRunner's launcher, per candidate.
 
-``ingest_scale`` shows the in-memory launcher still growing with the number of files once
-the image bytes stream to their files. This separates one suspect: N candidates are made
+``ingest_scale`` showed the in-memory launcher growing with the number of files once the
+image bytes streamed to their files. This separates the suspects: N candidates are made
 inside a worker (no file is read, the launcher lists nothing) and then either counted
-directly, or first regrouped by ListCandidates' ``_Interleave``, or reduced to their
-distinct labels. Each case runs in a fresh process; reported: peak RSS over the RSS after
-imports.
+directly, or first put in hash order by ListCandidates' ``hash_order.HashOrder`` (through
+files, the workers' job), or regrouped by a GroupByKey on the same hash (what
+ListCandidates did before: ``crc32(id) % 1000``), or reduced to their distinct labels. Each
+case runs in a fresh process; reported: peak RSS over the RSS after imports.
 
     tools/devenv.sh run python -m benchmarks.ingest_grouping [--sizes 20000,200000]
 """
@@ -17,10 +18,10 @@ import sys
 from benchmarks import common
 
 _CHILD = r"""
-import json, sys
+import json, sys, tempfile, zlib
 import dolg_tfx  # noqa: F401
 import apache_beam as beam
-from components.image_example_gen import inputs, listing
+from components.image_example_gen import hash_order, inputs
 
 def status_mb(key):
     with open("/proc/self/status") as f:
@@ -33,15 +34,18 @@ def make(_):  # GLDv2-like: 20 files a label, under a folder-tree root
 before = status_mb("VmRSS")
 with beam.Pipeline(argv=["--direct_running_mode=in_memory"]) as p:
     c = p | beam.Create([None]) | beam.FlatMap(make)
-    if mode == "interleave":
-        c = c | listing._Interleave()
+    if mode == "hash order (files)":
+        c = c | beam.Map(lambda c: (c.image_id, c)) | hash_order.HashOrder(tempfile.mkdtemp())
+    elif mode == "GroupByKey on the hash (before)":
+        c = (c | beam.Map(lambda c: (zlib.crc32(c.image_id.encode()) % 1000, c)) | beam.GroupByKey()
+             | beam.FlatMap(lambda kv: kv[1]))
     elif mode == "distinct labels":
         c = c | beam.Map(lambda c: c.label) | beam.Distinct()
     _ = c | beam.combiners.Count.Globally()
 print(json.dumps({"growth_mb": status_mb("VmHWM") - before}))
 """
 
-MODES = ("no grouping", "interleave", "distinct labels")
+MODES = ("no grouping", "hash order (files)", "GroupByKey on the hash (before)", "distinct labels")
 
 
 def measure(n, mode):

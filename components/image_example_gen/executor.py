@@ -53,6 +53,7 @@ _REJECTED_TAG = "rejected"
 _METRICS_NAMESPACE = "dolg_tfx.ImageExampleGen"
 _TFRECORD_PREFIX = "data_tfrecord"  # the name TFX's own ExampleGens use
 _SHARD_DIR = "_rejected_shards"  # the sink's output, merged into rejected.jsonl and removed
+_LISTING_DIR = "_listing"  # ListCandidates' files (candidates in hash order), removed at the end
 
 
 def _bytes_feature(value: bytes) -> tf.train.Feature:
@@ -200,8 +201,9 @@ def _finish(_, examples_uri: str, report_uri: str, header: dict[str, Any], files
         emitted[rule.moved_from()] -= n
         emitted[rule.moved_to] += n
     _merge_shards(shards, os.path.join(report_uri, s.REJECTED_FILE))
-    if fileio.exists(os.path.join(report_uri, _SHARD_DIR)):
-        fileio.rmtree(os.path.join(report_uri, _SHARD_DIR))
+    for scratch in (_SHARD_DIR, _LISTING_DIR):
+        if fileio.exists(os.path.join(report_uri, scratch)):
+            fileio.rmtree(os.path.join(report_uri, scratch))
     formats: dict[str, int] = {}
     for st in stats.values():
         for k, v in st["formats"].items():
@@ -234,7 +236,8 @@ def build_ingestion(p: beam.Pipeline, input_base: str, images_subdir: Optional[s
         "settings": {"eval_fraction": eval_fraction, "max_bytes": max_bytes,
                      "max_pixels": max_pixels, "decode_size": decode_size, "split_salt": salt},
     }
-    candidates = p | "ListCandidates" >> listing.ListCandidates(input_base, images_subdir)
+    candidates = p | "ListCandidates" >> listing.ListCandidates(
+        input_base, os.path.join(report_uri, _LISTING_DIR), images_subdir)
     inspected = candidates | "InspectFiles" >> beam.ParDo(_InspectFile(max_bytes, max_pixels, decode_size)).with_outputs(
         _REJECTED_TAG, main="accepted")
     accepted, rejected = inspected.accepted, inspected[_REJECTED_TAG]
@@ -245,7 +248,7 @@ def build_ingestion(p: beam.Pipeline, input_base: str, images_subdir: Optional[s
             | "SplitRule" >> beam.Map(splits.SplitRule.from_tally, salt, threshold))
     # No side input and no shuffle on the examples' way to their files: either would make
     # the runner hold every example until the last file is read (the DirectRunner holds it
-    # in this process). ListCandidates already spreads and mixes the candidates (_Interleave).
+    # in this process). ListCandidates already spreads and mixes the candidates (HashOrder).
     parts = accepted | "SplitByLabel" >> beam.Partition(_split_index, len(inputs.SPLITS), salt, threshold)
     stats, written = [], []
     for split, part in zip(inputs.SPLITS, parts):

@@ -9,7 +9,7 @@ grows with the data, and with a pipeline graph of the same size for ten files or
   in (Beam's text reading splits files the same way). A first cheap pass counts the lines of
   every range, so each row knows its row number, which the report's details and the
   first-listed-wins duplicate rule need and which Beam's ``ReadFromText`` does not give.
-  Duplicate ids are then found by grouping rows by id (``inputs.first_listed``).
+  Rows sharing an id meet in ``HashOrder`` (below), where ``inputs.first_listed`` rules on them.
   Rows are lines: a quoted field holding a line break cannot be found from a byte offset,
   so such a row is reported ``bad_manifest_row`` (``scan_inputs``, which reads the file from
   the start, still accepts it). GLDv2's manifests have none.
@@ -20,27 +20,24 @@ grows with the data, and with a pipeline graph of the same size for ten files or
   it knows only Beam's file systems, not the TensorFlow ones (``ram://`` and plug-ins) that
   TFX's fileio reaches.
 
-Both end in ``_Interleave``: candidates grouped by a hash of their id into ``SPREAD_KEYS``
-groups. It spreads the work over workers, as a Reshuffle would, and it also mixes labels,
-which a Reshuffle does not do on the DirectRunner (its output keeps nearly the input order):
-each group holds about 1/1000 of the files, from every label, so examples are written as
-sweeps over all labels, and the Trainer's 10,000-example shuffle buffer sees every label
-for data sets up to ~10 M files.
+Both end in ``hash_order.HashOrder``: the workers put the candidates in the order of their
+id's hash through files under ``scratch``, which spreads them over workers and mixes labels
+(every stretch of the written examples is a sample of all labels, for the Trainer's shuffle
+buffer), and brings a manifest's duplicate ids together for the first-listed rule, without
+a grouping that the DirectRunner would hold in the launcher.
 """
 from __future__ import annotations
 
 import codecs
 import csv
 import os
-import zlib
 from typing import Iterator, Optional
 
 import apache_beam as beam
 
-from components.image_example_gen import inputs, storage
+from components.image_example_gen import hash_order, inputs, storage
 
 CHUNK_BYTES = 16 << 20  # 4.1 M GLDv2 rows (~170 MB) make 11 ranges: enough to spread, few to count
-SPREAD_KEYS = 1000  # GLDv2's 4.1 M rows: ~4,100 candidates a group, small enough for any worker
 
 
 def _size(path: str) -> int:
@@ -141,26 +138,12 @@ class _ReadRows(beam.DoFn):
                 yield c.image_id, (row_no, c)
 
 
-def _spread_key(c: inputs.Candidate) -> int:
-    # crc32, not hash(): the same on every worker and every run.
-    return zlib.crc32(c.image_id.encode("utf-8", "surrogatepass")) % SPREAD_KEYS
-
-
-class _Interleave(beam.PTransform):
-    """Candidates regrouped by ``_spread_key``: spread over workers, labels mixed (see above)."""
-
-    def expand(self, candidates):
-        return (candidates
-                | "KeyBySpread" >> beam.Map(lambda c: (_spread_key(c), c))
-                | "GroupBySpread" >> beam.GroupByKey()
-                | "Ungroup" >> beam.FlatMap(lambda kv: kv[1]))
-
-
 class ListCandidates(beam.PTransform):
     """Every candidate of ``input_base``, as ``scan_inputs`` would list it, found by workers.
 
     Args:
       input_base, images_subdir, labels_required: as for ``inputs.scan_inputs``.
+      scratch: a folder every worker reaches, for ``HashOrder``'s files (the caller removes it).
       chunk_bytes: manifest byte range per work item.
 
     Raises (when applied, in the launcher: the only reads it does there):
@@ -168,10 +151,10 @@ class ListCandidates(beam.PTransform):
       ValueError: the manifest lacks the required columns.
     """
 
-    def __init__(self, input_base: str, images_subdir: Optional[str] = None,
+    def __init__(self, input_base: str, scratch: str, images_subdir: Optional[str] = None,
                  labels_required: bool = True, chunk_bytes: int = CHUNK_BYTES):
         super().__init__()
-        self._input_base, self._images_subdir = input_base, images_subdir
+        self._input_base, self._scratch, self._images_subdir = input_base, scratch, images_subdir
         self._labels_required, self._chunk_bytes = labels_required, chunk_bytes
 
     def expand(self, pbegin):
@@ -194,9 +177,7 @@ class ListCandidates(beam.PTransform):
         return (chunks
                 | "ReadRows" >> beam.ParDo(_ReadRows(path, columns, root, self._labels_required),
                                            counts=beam.pvalue.AsDict(counts))
-                | "RowsById" >> beam.GroupByKey()
-                | "FirstListed" >> beam.FlatMap(lambda kv: inputs.first_listed(kv[1]))
-                | "Interleave" >> _Interleave())
+                | "HashOrder" >> hash_order.HashOrder(self._scratch, per_id=inputs.first_listed))
 
     def _folder(self, start, root):
         labels_required = self._labels_required
@@ -208,4 +189,5 @@ class ListCandidates(beam.PTransform):
                 | "SpreadLabels" >> beam.Reshuffle()
                 | "WalkLabels" >> beam.FlatMap(
                     lambda i: inputs.walk_label(root, os.fsdecode(i)) if isinstance(i, bytes) else [i])
-                | "Interleave" >> _Interleave())
+                | "ById" >> beam.Map(lambda c: (c.image_id, c))
+                | "HashOrder" >> hash_order.HashOrder(self._scratch))

@@ -103,13 +103,14 @@ _PEAK = textwrap.dedent("""
 """)
 
 # The bound: DirectRunner's in-memory mode runs the workers inside the launcher, so this
-# process also holds Beam's buffers between stages. Measured on 2026-12 (2 cores), 100,000
-# rows all missing: +161 MB over the imports; the executor before issue 17 (every Candidate
-# listed in the launcher, pickled into beam.Create, the whole rejected list gathered and
-# sorted) took +492 MB. With 500 of those rows accepted at ~1 MB each, splitting through a
-# side input and reshuffling the examples (as before the guard moved after the writes) held
-# every accepted byte in this process.
-PEAK_GROWTH_MB = 300
+# process also holds Beam's buffers between stages. Measured on 2026-12-03 (2 cores), 100,000
+# rows (500 accepted at ~1 MB): +92 MB over the imports with the candidates put in hash order
+# through the workers' files (hash_order.py); +182 MB with the GroupByKeys it replaced (on ids
+# for duplicates, on a hash to mix labels), which the DirectRunner holds in this process. The
+# executor before issue 17 (every Candidate listed in the launcher, pickled into beam.Create,
+# the whole rejected list gathered and sorted) took +492 MB; splitting through a side input
+# and reshuffling the examples held every accepted byte in this process.
+PEAK_GROWTH_MB = 140
 ACCEPTED = 500  # ~1 MB each: 500 MB of examples, more than the bound
 
 
@@ -198,26 +199,3 @@ def test_fingerprint_is_skipped_above_max_files_with_a_message(tmp_path, caplog)
     with caplog.at_level(logging.WARNING):
         assert inputs.fingerprint(str(tmp_path), max_files=4) is None
     assert "more than 4 files" in caplog.text and "--no-cache" in caplog.text
-
-
-def test_listing_interleaves_labels_for_the_trainers_shuffle_buffer():
-    """20,000 candidates listed label by label (a folder tree's order: 25 labels of 50 in the
-    first 10,000, the Trainer's shuffle buffer) come out of ListCandidates' interleave with
-    every label in the first 10,000, on the DirectRunner. (A Reshuffle there keeps nearly the
-    input order: 25 or 26 labels in CI runs, so it is no control; the listing order is.)"""
-    import apache_beam as beam
-    from apache_beam.testing.util import assert_that
-
-    listed = [inputs.Candidate(f"{i:06d}", f"label{i // 400:02d}", "/r", f"{i}.jpg", None) for i in range(20_000)]
-
-    def labels_in_window(kind, want):
-        def check(gathered):
-            got = len({c.label for c in gathered[0][:10_000]})
-            assert got == want, (kind, got)
-        return check
-
-    with beam.Pipeline() as p:
-        start = p | beam.Create(listed, reshuffle=False)
-        for kind, transform, want in (("interleave", listing._Interleave(), 50), ("listed", beam.Map(lambda c: c), 25)):
-            gathered = start | kind >> transform | f"Gather[{kind}]" >> beam.combiners.ToList()
-            assert_that(gathered, labels_in_window(kind, want), label=f"Check[{kind}]")
