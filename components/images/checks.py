@@ -206,12 +206,42 @@ class WebPInfo(NamedTuple):
     first_frame: Optional[int]  # offset of the first ANMF chunk (animations only)
 
 
+def webp_first_frame(data: bytes, anmf: int, width: int, height: int) -> None:
+    """Checks an animation's first frame from its headers, as the graph's probe does: it is
+    [ALPH] VP8 or VP8L, its box fits the width x height canvas and its bitstream says the
+    box's size (a 1x1 animation may carry a 34-byte 16383x16383 frame).
+
+    Raises:
+      Rejected: ``bad_header``, with the graph's message.
+    """
+    def le(at, n):  # zero past the end, as the graph's reads
+        return int.from_bytes(data[at:at + n].ljust(n, b"\0"), "little") if at >= 0 else 0
+
+    x, y, w, h = 2 * le(anmf + 8, 3), 2 * le(anmf + 11, 3), le(anmf + 14, 3) + 1, le(anmf + 17, 3) + 1
+    body = anmf + 24
+    has_alpha = data[body:body + 4] == b"ALPH"
+    alpha_size = le(body + 4, 4)
+    stream = body + (8 + alpha_size + alpha_size % 2 if has_alpha else 0)
+    fourcc = data[stream:stream + 4]
+    if not (fourcc == b"VP8 " or (fourcc == b"VP8L" and not has_alpha)):
+        raise Rejected("bad_header", "WebP: the first animation frame is not ALPH+VP8, VP8 or VP8L", "webp")
+    if fourcc == b"VP8L":
+        bits = le(stream + 9, 4)
+        stream_w, stream_h = bits % 16384 + 1, (bits // 16384) % 16384 + 1
+    else:
+        stream_w, stream_h = le(stream + 14, 2) % 16384, le(stream + 16, 2) % 16384
+    if not (x + w <= width and y + h <= height and (stream_w, stream_h) == (w, h)):
+        raise Rejected("bad_header", f"WebP: the first frame ({w}x{h} at {x},{y}, its bitstream "
+                       f"{stream_w}x{stream_h}) does not fit the {width}x{height} canvas", "webp")
+
+
 def webp_info(data: bytes) -> WebPInfo:
     """Canvas size of a WebP (VP8, VP8L or VP8X) and its first animation frame, as the graph reads them.
 
     Raises:
-      Rejected: ``bad_header`` when the first chunk is none of the three or is cut short, or
-        an animation has no ANMF chunk among its first ``WEBP_MAX_CHUNKS`` chunks.
+      Rejected: ``bad_header`` when the first chunk is none of the three or is cut short, an
+        animation has no ANMF chunk among its first ``WEBP_MAX_CHUNKS`` chunks, or its first
+        frame does not fit (``webp_first_frame``).
     """
     if len(data) < 30:
         raise Rejected("bad_header", "WebP: header cut short", "webp")
@@ -236,6 +266,7 @@ def webp_info(data: bytes) -> WebPInfo:
             if pos + 8 > len(data):
                 break
             if data[pos:pos + 4] == b"ANMF":
+                webp_first_frame(data, pos, width, height)
                 return WebPInfo(width, height, True, pos)
             (size,) = struct.unpack("<I", data[pos + 4:pos + 8])
             pos += 8 + size + (size & 1)

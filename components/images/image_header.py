@@ -193,6 +193,39 @@ def _first_anmf(data):
     return found
 
 
+def first_frame_layout(data, anmf):
+    """An animation's first frame: (x, y, w, h) from its ANMF header, and the offset, fourcc
+    and size its bitstream's own header gives (after an optional ALPH chunk)."""
+    box = _read(data, anmf + 8, 12)
+    x, y = 2 * _ints(box[0:3], True), 2 * _ints(box[3:6], True)
+    w, h = _ints(box[6:9], True) + 1, _ints(box[9:12], True) + 1
+    body = anmf + 24
+    has_alpha = tf.strings.substr(data, tf.clip_by_value(body, 0, byte_length(data)), 4) == b"ALPH"
+    alpha_size = read_int(data, body + 4, 4, True)
+    bitstream = body + tf.where(has_alpha, 8 + alpha_size + alpha_size % 2, 0)
+    raw = _read(data, bitstream, 18)  # fourcc, size, then VP8's frame tag + start code + sizes or VP8L's
+    fourcc = tf.strings.substr(data, tf.clip_by_value(bitstream, 0, byte_length(data)), 4)
+    bits = _ints(raw[9:13], True)
+    vp8l = fourcc == b"VP8L"
+    stream_w = tf.where(vp8l, bits % 16384 + 1, _ints(raw[14:16], True) % 16384)
+    stream_h = tf.where(vp8l, (bits // 16384) % 16384 + 1, _ints(raw[16:18], True) % 16384)
+    return x, y, w, h, has_alpha, fourcc, stream_w, stream_h
+
+
+def _first_frame_fits(data, anmf, width, height):
+    """(ok, message): the first frame is [ALPH] VP8 or VP8L, its box fits the canvas and its
+    bitstream says the box's size (checks.webp_first_frame). Checked from the headers before
+    any decoder runs: a 1x1 animation may carry a 34-byte 16383x16383 frame."""
+    x, y, w, h, has_alpha, fourcc, stream_w, stream_h = first_frame_layout(data, anmf)
+    kind_ok = (fourcc == b"VP8 ") | ((fourcc == b"VP8L") & tf.logical_not(has_alpha))
+    fits = (x + w <= width) & (y + h <= height) & (stream_w == w) & (stream_h == h)
+    message = tf.where(kind_ok, tf.strings.format(
+        "WebP: the first frame ({}x{} at {},{}, its bitstream {}x{}) does not fit the {}x{} canvas",
+        (w, h, x, y, stream_w, stream_h, width, height)),
+        "WebP: the first animation frame is not ALPH+VP8, VP8 or VP8L")
+    return kind_ok & fits, message
+
+
 def _probe_webp(data, head, hb):
     def vp8():
         return _choose(_has(head, 23, b"\x9d\x01\x2a"),
@@ -208,9 +241,10 @@ def _probe_webp(data, head, hb):
         width, height = _at(hb, 24, 3, True) + 1, _at(hb, 27, 3, True) + 1
         animated = tf.bitwise.bitwise_and(hb[20], 2) > 0
         anmf = tf.cond(animated, lambda: _first_anmf(data), lambda: tf.constant(-1, tf.int64))
-        return tf.cond(tf.logical_and(animated, anmf < 0),
-                       lambda: _refusal(f"WebP: animation without a frame in its first {rules.WEBP_MAX_CHUNKS} chunks"),
-                       lambda: _ok(width, height, anmf))
+        frame_ok, frame_message = _first_frame_fits(data, anmf, width, height)
+        return _choose(tf.logical_and(animated, anmf < 0),
+                       _refusal(f"WebP: animation without a frame in its first {rules.WEBP_MAX_CHUNKS} chunks"),
+                       _choose(tf.logical_or(anmf < 0, frame_ok), _ok(width, height, anmf), _refusal(frame_message)))
 
     chunk = tf.strings.substr(head, 12, 4)
     return tf.case([(tf.strings.length(data) < 30, lambda: _refusal("WebP: header cut short")),

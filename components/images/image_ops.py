@@ -32,7 +32,8 @@ Refused or undecodable bytes raise InvalidArgumentError, whose message says why.
 """
 import tensorflow as tf
 
-from components.images.image_header import MAX_PIXELS, byte_length, header, int_bytes, orientation, probe, read_int
+from components.images.image_header import (MAX_PIXELS, byte_length, first_frame_layout, header, int_bytes,
+                                            orientation, probe, read_int)
 from components.images.rules import JPEG_SCALES
 
 RESIZE_MODES = ("pad", "squash")
@@ -82,27 +83,15 @@ def _decode_webp(data, width, height, anmf):
     def still():
         return _webp_pixels(data)
 
-    def first_frame():
+    def first_frame():  # its kind, box and bitstream size were checked by the probe
         size = read_int(data, anmf + 4, 4, True)
-        x, y = 2 * read_int(data, anmf + 8, 3, True), 2 * read_int(data, anmf + 11, 3, True)
-        w, h = read_int(data, anmf + 14, 3, True) + 1, read_int(data, anmf + 17, 3, True) + 1
+        x, y, w, h, has_alpha, _, _, _ = first_frame_layout(data, anmf)
         body = tf.strings.substr(data, tf.minimum(anmf + 24, byte_length(data)), tf.maximum(size - 16, 0))
-        has_alpha = tf.strings.substr(body, 0, 4) == b"ALPH"
-        alpha_size = read_int(body, 4, 4, True)
-        bitstream = tf.strings.substr(body, tf.where(has_alpha, tf.minimum(8 + alpha_size + alpha_size % 2,
-                                                                          byte_length(body)), 0), 4)
-        # Frame data is [ALPH] VP8 or VP8L, nothing else: never hand the decoder a nested animation.
-        valid = tf.logical_or(tf.logical_and(has_alpha, bitstream == b"VP8 "),
-                              tf.logical_and(tf.logical_not(has_alpha),
-                                             tf.logical_or(bitstream == b"VP8 ", bitstream == b"VP8L")))
-        check = tf.debugging.Assert(valid, ["WebP: the first animation frame is not ALPH+VP8, VP8 or VP8L"])
         vp8x = tf.strings.join([b"VP8X", int_bytes(tf.constant(10, tf.int64), 4), b"\x10\0\0\0",
                                 int_bytes(w - 1, 3), int_bytes(h - 1, 3)])
         chunks = tf.where(has_alpha, tf.strings.join([vp8x, body]), body)
         riff = tf.strings.join([b"RIFF", int_bytes(tf.cast(tf.strings.length(chunks), tf.int64) + 4, 4),
                                 b"WEBP", chunks])
-        with tf.control_dependencies([check]):
-            riff = tf.identity(riff)
         return _on_canvas(_webp_pixels(riff), x, y, width, height)
 
     return tf.cond(anmf >= 0, first_frame, still)

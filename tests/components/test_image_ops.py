@@ -351,6 +351,24 @@ def test_bombs_are_refused_cheaply_and_the_next_request_works(corpus, tmp_path):
         assert out["seconds"] < 0.5 and out["grown_mb"] < 200, (name, out)
 
 
+def test_a_webp_frame_bigger_than_its_canvas_is_refused_from_its_header(corpus, tmp_path):
+    """A 1x1 animation whose first frame's 34-byte VP8L bitstream says 16383x16383 (real: the
+    same bitstream as a still decodes to 268 Mpx). It was refused only once decoded (0.7 s,
+    +929 MB in one process, the frame then not fitting its canvas); the probe now compares
+    the frame's own header with its box and canvas first, on both sides, with one message.
+    Mutation: the probe's vp8x branch without the frame check -> decoded, then refused for
+    not fitting the canvas: 2.5 s and +711 MB in the probe process (fails)."""
+    data = bad_images.webp_frame_bomb()
+    with pytest.raises(OSError):  # Pillow (libwebp's demuxer) refuses it too
+        Image.open(io.BytesIO(data)).load()
+    [out] = refusal_probe.measure("graph", {"frame": data}, corpus["alpha/good_0.jpg"], tmp_path).values()
+    want = "WebP: the first frame (1x1 at 0,0, its bitstream 16383x16383) does not fit the 1x1 canvas"
+    assert want in out["refused"], out
+    assert out["seconds"] < 0.1 and out["grown_mb"] < 50, out
+    for tf_check in (False, True):
+        assert _ingestion(data, tf_check=tf_check) == (False, "bad_header: " + want), tf_check
+
+
 def test_gif_frame_bomb_decodes_only_its_first_frame(tmp_path, corpus):
     [out] = refusal_probe.measure("graph", {"frames": bad_images.gif_frame_bomb()}, corpus["alpha/good_0.jpg"],
                                   tmp_path).values()
