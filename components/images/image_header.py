@@ -11,8 +11,8 @@ from components.images import rules
 MAX_PIXELS = rules.DEFAULT_MAX_PIXELS
 _JPEG, _PNG, _GIF, _BMP, _WEBP = (rules.FORMATS.index(f) for f in ("jpeg", "png", "gif", "bmp", "webp"))
 _HEAD = 64           # bytes of the file every sniff and header read looks at
-_EXIF_CANDIDATES = 4  # occurrences of the EXIF marker examined (the first valid one wins)
-_EXIF_WINDOW = 1 << 17  # JPEG: bytes searched for the EXIF APP1 segment (it is at most 64 KB)
+_EXIF_CANDIDATES = 4  # PNG, WebP: occurrences of the EXIF marker examined (the first valid one wins)
+_JPEG_MAX_STEPS = 256  # JPEG: marker segments (or skipped bytes) walked to find the EXIF APP1
 _IFD_ENTRIES = 64     # IFD0 entries examined for the orientation tag
 _BYTE = [bytes([i]) for i in range(256)]
 
@@ -193,14 +193,23 @@ def _first_anmf(data):
     return found
 
 
+def frame_box(data, anmf):
+    """An animation frame's (x, y, w, h) on the canvas, from its ANMF header at ``anmf``."""
+    box = tf.reshape(_read(data, anmf + 8, 12), [4, 3])
+    xywh = _ints(box, True) * tf.constant([2, 2, 1, 1], tf.int64) + tf.constant([0, 0, 1, 1], tf.int64)
+    return xywh[0], xywh[1], xywh[2], xywh[3]
+
+
+def frame_has_alpha(data, anmf):
+    return tf.strings.substr(data, tf.clip_by_value(anmf + 24, 0, byte_length(data)), 4) == b"ALPH"
+
+
 def first_frame_layout(data, anmf):
-    """An animation's first frame: (x, y, w, h) from its ANMF header, and the offset, fourcc
-    and size its bitstream's own header gives (after an optional ALPH chunk)."""
-    box = _read(data, anmf + 8, 12)
-    x, y = 2 * _ints(box[0:3], True), 2 * _ints(box[3:6], True)
-    w, h = _ints(box[6:9], True) + 1, _ints(box[9:12], True) + 1
+    """An animation's first frame: (x, y, w, h) from its ANMF header, whether an ALPH chunk
+    comes first, and the fourcc and size its bitstream's own header gives."""
+    x, y, w, h = frame_box(data, anmf)
     body = anmf + 24
-    has_alpha = tf.strings.substr(data, tf.clip_by_value(body, 0, byte_length(data)), 4) == b"ALPH"
+    has_alpha = frame_has_alpha(data, anmf)
     alpha_size = read_int(data, body + 4, 4, True)
     bitstream = body + tf.where(has_alpha, 8 + alpha_size + alpha_size % 2, 0)
     raw = _read(data, bitstream, 18)  # fourcc, size, then VP8's frame tag + start code + sizes or VP8L's
@@ -376,13 +385,31 @@ def _first_valid(data, start, end, valid):
 
 
 def _jpeg_exif(data):
-    """An APP1 segment "Exif\0\0" within the first _EXIF_WINDOW bytes: EXIF follows the
-    start of image (after at most a JFIF APP0), so the pixels are never scanned."""
-    window = tf.strings.substr(data, 0, _EXIF_WINDOW)
-    p = _occurrences(window, b"Exif\x00\x00")
-    raw = _read_many(window, p - 4, 4)
-    marker, length = _ints(raw[:, 0:2], False), _ints(raw[:, 2:4], False)
-    return _first_valid(window, p + 6, p - 2 + length, (p >= 6) & (marker == 0xFFE1) & (length >= 8))
+    """The first APP1 segment starting "Exif\\0\\0", found as Pillow finds it: by walking the
+    marker segments from the start of image to the first SOS (fill bytes, markers without a
+    length and junk between segments skipped alike). Only segment headers are read, never
+    the pixels, and a string that merely looks like EXIF inside another segment (a comment)
+    is never taken for it. At most ``_JPEG_MAX_STEPS`` steps (a segment or a skipped byte)."""
+    n = byte_length(data)
+    magic = tf.constant(list(b"Exif\0\0"), tf.int64)
+
+    def step(pos, found, done):
+        raw = _read(data, pos, 10)  # marker, length, and the first 6 bytes of the payload
+        is_marker, code, length = raw[0] == 0xFF, raw[1], raw[2] * 256 + raw[3]
+        # Pillow's marker table: C8, D0-D9 and F0-FD carry no length; 01-BF are not markers.
+        bare = (code == 0xC8) | ((code >= 0xD0) & (code <= 0xD9)) | ((code >= 0xF0) & (code <= 0xFD))
+        segment = is_marker & (code >= 0xC0) & (code < 0xFF) & tf.logical_not(bare)
+        exif = segment & (code == 0xE1) & (length >= 8) & tf.reduce_all(tf.equal(raw[4:10], magic))
+        stop = exif | (pos + 4 > n) | (is_marker & ((code == 0xDA) | ((code > 0) & (code < 0xC0))))
+        one, two = tf.constant(1, tf.int64), tf.constant(2, tf.int64)
+        skip = tf.where(tf.logical_not(is_marker) | (code == 0xFF), one, tf.where(segment, 2 + tf.maximum(length, 2), two))
+        return tf.where(stop, pos, pos + skip), exif, stop
+
+    pos, found, _ = tf.while_loop(lambda pos, found, done: tf.logical_not(done), step,
+                                  (tf.constant(2, tf.int64), tf.constant(False), tf.constant(False)),
+                                  maximum_iterations=_JPEG_MAX_STEPS)
+    start, end = pos + 10, pos + 2 + read_int(data, pos + 2, 2, False)
+    return data, start, end, found & (end <= n) & (start + 8 <= end)
 
 
 def _png_exif(data):

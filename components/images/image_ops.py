@@ -32,7 +32,7 @@ Refused or undecodable bytes raise InvalidArgumentError, whose message says why.
 """
 import tensorflow as tf
 
-from components.images.image_header import (MAX_PIXELS, byte_length, first_frame_layout, header, int_bytes,
+from components.images.image_header import (MAX_PIXELS, byte_length, frame_box, frame_has_alpha, header, int_bytes,
                                             orientation, probe, read_int)
 from components.images.rules import JPEG_SCALES
 
@@ -85,7 +85,8 @@ def _decode_webp(data, width, height, anmf):
 
     def first_frame():  # its kind, box and bitstream size were checked by the probe
         size = read_int(data, anmf + 4, 4, True)
-        x, y, w, h, has_alpha, _, _, _ = first_frame_layout(data, anmf)
+        x, y, w, h = frame_box(data, anmf)
+        has_alpha = frame_has_alpha(data, anmf)
         body = tf.strings.substr(data, tf.minimum(anmf + 24, byte_length(data)), tf.maximum(size - 16, 0))
         vp8x = tf.strings.join([b"VP8X", int_bytes(tf.constant(10, tf.int64), 4), b"\x10\0\0\0",
                                 int_bytes(w - 1, 3), int_bytes(h - 1, 3)])

@@ -294,6 +294,35 @@ def test_intel_byte_order_exif_orientations_match_exif_transpose(fmt):
         assert np.abs(pixels.astype(int) - want).max() <= (2 if fmt == "JPEG" else 0), (fmt, value)
 
 
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def test_jpeg_exif_is_the_first_app1_segment_whatever_the_comments_hold():
+    """Comments holding "Exif\\0\\0" before the real APP1 (six, and one holding a whole APP1
+    segment with orientation 3, which a scan for APP1 headers would take), fill bytes before
+    a marker, and a second APP1 after the real one: the orientation is the real segment's, as
+    Pillow reads it. Mutation: the earlier reader (the first valid of four "Exif\\0\\0"
+    occurrences in the first 128 KB) -> orientation 1, the picture not turned (fails)."""
+    _, files = bad_images.exif_orientations("JPEG")
+    decoy = _segment(0xE1, b"Exif\0\0" + bad_images.exif_block(3))
+    comments = [_segment(0xFE, b"note Exif\0\0 " + bytes([k])) for k in range(6)] + [_segment(0xFE, decoy)]
+    for value in (6, 8):
+        data = files[value]
+        app1 = data.index(b"\xff\xe1")
+        hostile = data[:app1] + b"".join(comments) + b"\xff\xff" + data[app1:]
+        with Image.open(io.BytesIO(hostile)) as im:
+            assert im.getexif()[0x0112] == value
+            want = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        ok, pixels = _graph(hostile)
+        assert ok and pixels.shape == want.shape == (32, 48, 3), value
+        assert np.abs(pixels.astype(int) - want).max() <= 2, value
+        second = data[:app1] + data[app1:].replace(b"\xff\xdb", _segment(0xE1, b"Exif\0\0" + bad_images.exif_block(3))
+                                                   + b"\xff\xdb", 1)
+        assert Image.open(io.BytesIO(second)).getexif()[0x0112] == value
+        assert _graph(second)[1].shape == (32, 48, 3), value
+
+
 def test_corrupt_exif_decodes_upright(corpus):
     for name, data in _corrupt_exif().items():
         ok, pixels = _graph(data)
