@@ -52,7 +52,7 @@ def embed_untrained(config, images, batch_size=32, seed=0):
     out = []
     for i in range(0, len(images), batch_size):
         x = image_ops.decode_batch(tf.constant(images[i:i + batch_size]), config.model.image_size,
-                                   config.resize_mode, config.max_pixels)
+                                   config.resize_mode, config.max_pixels, max_bytes=config.max_bytes)
         out.append(multi_scale_embedding(dolg, x, config.model.scales).numpy())
     return np.concatenate(out)
 

@@ -15,11 +15,13 @@ from pipeline.config import PipelineConfig
 def preprocessing_fn(inputs, custom_config):
     """Args:
       inputs: raw features, dense [B, 1]: image (bytes), label (bytes), ...
-      custom_config: transform_config(): the image size, resize mode and pixel cap only, so
-        that changing a training parameter does not invalidate the cached Transform.
+      custom_config: transform_config(): the image size, resize mode and the byte and pixel
+        caps only, so that changing a training parameter does not invalidate the cached
+        Transform.
     """
     images = image_ops.decode_batch(inputs[F.IMAGE], custom_config["image_size"],
-                                    custom_config["resize_mode"], custom_config["max_pixels"])
+                                    custom_config["resize_mode"], custom_config["max_pixels"],
+                                    max_bytes=custom_config["max_bytes"])
     labels = tf.reshape(inputs[F.LABEL], [-1])
     # Eval labels are unseen in training by design: they map to -1 and are never trained on.
     label_ids = tft.compute_and_apply_vocabulary(labels, vocab_filename=F.LABEL_VOCAB, default_value=-1)
@@ -30,7 +32,7 @@ def preprocessing_fn(inputs, custom_config):
 def transform_config(config: PipelineConfig) -> dict:
     """What preprocessing_fn reads from the PipelineConfig."""
     return {"image_size": config.model.image_size, "resize_mode": config.resize_mode,
-            "max_pixels": config.max_pixels}
+            "max_pixels": config.max_pixels, "max_bytes": config.max_bytes}
 
 
 def class_counts(tf_transform_output) -> list:

@@ -365,7 +365,7 @@ def inspect_image(data: bytes, max_bytes: int, max_pixels: int, tf_check: bool =
     width, height = header_size(fmt, data)
     _pixel_cap(fmt, width, height, max_pixels, "header", min_size)  # before any decoder sees the bytes
     if tf_check:  # the graph decoder decides (see the module docstring); Pillow only reports
-        _graph_decode(data, fmt, width, height, max_pixels, min_size)
+        _graph_decode(data, fmt, width, height, max_pixels, min_size, max_bytes)
         return ImageInfo(fmt, width, height, _pillow_orientation(data))
     try:
         # formats=[...]: Pillow must read it as the format the magic bytes claim, nothing else.
@@ -410,14 +410,15 @@ def _pillow_orientation(data: bytes) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def _graph_decode(data: bytes, fmt: str, width: int, height: int, max_pixels: int, min_size=None) -> None:
+def _graph_decode(data: bytes, fmt: str, width: int, height: int, max_pixels: int, min_size,
+                  max_bytes: int) -> None:
     """Runs the graph decoder the Transform and serving use; its refusal is ours too."""
     import tensorflow as tf  # lazily: the plain-Python path (CLI scans) should not pay for it
 
     from components.images import image_ops
 
     try:
-        shape = image_ops.decode_eager(data, max_pixels, min_size).shape[:2]
+        shape = image_ops.decode_eager(data, max_pixels, min_size, max_bytes).shape[:2]
     except tf.errors.OpError as e:
         # Drop TF's "{{function_node ...}}" prefix and "[Op:...]" suffix: keep the reason.
         msg = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]|\n.*", "", e.message or type(e).__name__, flags=re.S).strip()

@@ -9,6 +9,7 @@ import tensorflow as tf
 from components.images import rules
 
 MAX_PIXELS = rules.DEFAULT_MAX_PIXELS
+MAX_BYTES = rules.DEFAULT_MAX_BYTES
 _JPEG, _PNG, _GIF, _BMP, _WEBP = (rules.FORMATS.index(f) for f in ("jpeg", "png", "gif", "bmp", "webp"))
 _HEAD = 64           # bytes of the file every sniff and header read looks at
 _EXIF_CANDIDATES = 4  # PNG, WebP: occurrences of the EXIF marker examined (the first valid one wins)
@@ -302,12 +303,13 @@ def jpeg_scale(width, height, min_size):
     return scale
 
 
-def probe(data, max_pixels=MAX_PIXELS, min_size=None):
+def probe(data, max_pixels=MAX_PIXELS, min_size=None, max_bytes=MAX_BYTES):
     """What the header says, without decoding: (ok, message, format index, width, height, aux,
     aux2, scale).
 
-    ``ok`` is False for empty, unknown, refused, malformed or over-the-cap input, with
-    ``message`` saying why. Width and height are the STORED ones (canvas for GIF and animated
+    ``ok`` is False for empty, unknown, refused, malformed or over-the-cap input (more than
+    ``max_bytes`` bytes, ingestion's cap and message, or too many pixels), with ``message``
+    saying why. Width and height are the STORED ones (canvas for GIF and animated
     WebP). ``aux`` is the end of a GIF's first frame or the offset of an animated WebP's first
     ANMF chunk (-1 for a still); ``aux2`` is the offset of a GIF's first image descriptor.
     ``scale`` is the JPEG decode's denominator for a model input of ``min_size`` (``jpeg_scale``;
@@ -324,7 +326,10 @@ def probe(data, max_pixels=MAX_PIXELS, min_size=None):
             "image is {}x{} pixels ({}x{} decoded at 1/{}), over the pixel cap of {}",
             (width, height, w, h, scale, max_pixels)), text)
     message = tf.where(over, text, message)
-    return tf.logical_and(ok, tf.logical_not(over)), message, fmt, width, height, aux, aux2, scale
+    n = byte_length(data)
+    too_long = n > max_bytes  # checks.inspect_image's first cap, with its words
+    message = tf.where(too_long, tf.strings.format("{} bytes > max_bytes {}", (n, max_bytes)), message)
+    return ok & tf.logical_not(over) & tf.logical_not(too_long), message, fmt, width, height, aux, aux2, scale
 
 
 def header_size(data):

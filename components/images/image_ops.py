@@ -32,7 +32,7 @@ Refused or undecodable bytes raise InvalidArgumentError, whose message says why.
 """
 import tensorflow as tf
 
-from components.images.image_header import (MAX_PIXELS, byte_length, frame_box, frame_has_alpha, header, int_bytes,
+from components.images.image_header import (MAX_BYTES, MAX_PIXELS, byte_length, frame_box, frame_has_alpha, header, int_bytes,
                                             orientation, probe, read_int)
 from components.images.rules import JPEG_SCALES
 
@@ -122,7 +122,7 @@ def _refused(ok, message, shape, dtype):
         return tf.zeros(shape, dtype)
 
 
-def decode_rgb(data, max_pixels=MAX_PIXELS, min_size=None):
+def decode_rgb(data, max_pixels=MAX_PIXELS, min_size=None, max_bytes=MAX_BYTES):
     """One encoded image (scalar string) -> upright (H, W, 3) uint8 RGB.
 
     Args:
@@ -134,7 +134,7 @@ def decode_rgb(data, max_pixels=MAX_PIXELS, min_size=None):
     refused, truncated or over-the-cap input; over-the-cap input is never decoded.
     """
     data = tf.convert_to_tensor(data, tf.string)
-    ok, message, fmt, width, height, aux, aux2, scale = probe(data, max_pixels, min_size)
+    ok, message, fmt, width, height, aux, aux2, scale = probe(data, max_pixels, min_size, max_bytes)
     image = tf.cond(ok, lambda: apply_orientation(_decode_stored(data, fmt, width, height, aux, aux2, scale),
                                                   orientation(data, fmt)),
                     lambda: _refused(ok, message, [0, 0, 3], tf.uint8))
@@ -153,12 +153,12 @@ def upright_size(data):
 _EAGER = {}
 
 
-def decode_eager(data: bytes, max_pixels: int = MAX_PIXELS, min_size=None):
+def decode_eager(data: bytes, max_pixels: int = MAX_PIXELS, min_size=None, max_bytes: int = MAX_BYTES):
     """decode_rgb on one byte string, outside any graph (ingestion's check, tests): a numpy
     array, or tf.errors.InvalidArgumentError. The traced function is cached per cap and size."""
-    key = (max_pixels, min_size)
+    key = (max_pixels, min_size, max_bytes)
     if key not in _EAGER:
-        _EAGER[key] = tf.function(lambda d: decode_rgb(d, max_pixels, min_size), autograph=False,
+        _EAGER[key] = tf.function(lambda d: decode_rgb(d, max_pixels, min_size, max_bytes), autograph=False,
                                   input_signature=[tf.TensorSpec([], tf.string)])
     return _EAGER[key](tf.constant(data, tf.string)).numpy()
 
@@ -207,14 +207,15 @@ def _resize_oriented(stored, value, size, mode):
     return tf.clip_by_value(small, 0.0, 255.0)
 
 
-def decode_resized(data, size, mode="pad", max_pixels=MAX_PIXELS, reduced_jpeg=True):
+def decode_resized(data, size, mode="pad", max_pixels=MAX_PIXELS, reduced_jpeg=True, max_bytes=MAX_BYTES):
     """One encoded image -> (size, size, 3) float32: ``resize(decode_rgb(data), size, mode)``,
     cheaper. A JPEG is decoded at the largest reduced scale that keeps its short side >= size
     (``image_header.jpeg_scale``; the pixel cap applies to what is decoded); the resize runs
     in the stored orientation and the EXIF orientation on the resized image. ``reduced_jpeg``
     False: every JPEG at full size (a comparison for benchmarks; the product never passes it)."""
     data = tf.convert_to_tensor(data, tf.string)
-    ok, message, fmt, width, height, aux, aux2, scale = probe(data, max_pixels, size if reduced_jpeg else None)
+    ok, message, fmt, width, height, aux, aux2, scale = probe(data, max_pixels, size if reduced_jpeg else None,
+                                                              max_bytes)
     return tf.cond(ok, lambda: _resize_oriented(_decode_stored(data, fmt, width, height, aux, aux2, scale),
                                                 orientation(data, fmt), size, mode),
                    lambda: _refused(ok, message, [size, size, 3], tf.float32))
@@ -223,19 +224,19 @@ def decode_resized(data, size, mode="pad", max_pixels=MAX_PIXELS, reduced_jpeg=T
 _PER_IMAGE = {}
 
 
-def _per_image(size, mode, max_pixels, reduced_jpeg):
+def _per_image(size, mode, max_pixels, reduced_jpeg, max_bytes):
     """decode_resized as one tf.function per setting, traced once per process: the Transform
     traces preprocessing_fn several times and each SavedModel signature traces again, and the
     decoder's ops were most of that time. A graph that calls it holds it as a library function."""
-    key = (int(size), mode, int(max_pixels), bool(reduced_jpeg))
+    key = (int(size), mode, int(max_pixels), bool(reduced_jpeg), int(max_bytes))
     if key not in _PER_IMAGE:
-        _PER_IMAGE[key] = tf.function(lambda d: decode_resized(d, size, mode, max_pixels, reduced_jpeg),
+        _PER_IMAGE[key] = tf.function(lambda d: decode_resized(d, size, mode, max_pixels, reduced_jpeg, max_bytes),
                                       input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
     return _PER_IMAGE[key]
 
 
-def decode_batch(images, size, mode="pad", max_pixels=MAX_PIXELS, reduced_jpeg=True):
+def decode_batch(images, size, mode="pad", max_pixels=MAX_PIXELS, reduced_jpeg=True, max_bytes=MAX_BYTES):
     """A [B] (or [B, 1]) string tensor of encoded images -> (B, size, size, 3) float32."""
     flat = tf.reshape(images, [-1])
-    return tf.map_fn(_per_image(size, mode, max_pixels, reduced_jpeg), flat,
+    return tf.map_fn(_per_image(size, mode, max_pixels, reduced_jpeg, max_bytes), flat,
                      fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))

@@ -398,6 +398,26 @@ def test_a_webp_frame_bigger_than_its_canvas_is_refused_from_its_header(corpus, 
         assert _ingestion(data, tf_check=tf_check) == (False, "bad_header: " + want), tf_check
 
 
+def test_the_byte_cap_is_one_verdict_in_the_graph_and_in_ingestion():
+    """63 MB of APPn segments around a 320x240 picture: ingestion refused it (over max_bytes)
+    while the graph decoded it, so serving embedded bytes training never sees. Now the graph
+    applies the same cap with ingestion's words (the served model: test_pipeline_e2e).
+    Mutation: the probe without its byte cap -> the graph decodes it (fails)."""
+    data = bad_images.padded_jpeg()
+    assert len(data) > MB
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.size == (320, 240)  # a real, readable JPEG
+    want = f"{len(data)} bytes > max_bytes {MB}"
+    ok, message = _graph(data)
+    assert not ok and want in message, message
+    with pytest.raises(tf.errors.InvalidArgumentError, match=want):
+        image_ops.decode_batch(tf.constant([data]), 64)
+    for tf_check in (False, True):
+        assert _ingestion(data, tf_check=tf_check) == (False, "too_many_bytes: " + want), tf_check
+    # Under a cap it fits, the same bytes decode to the small picture: the cap alone refused it.
+    assert image_ops.decode_eager(data, max_bytes=len(data)).shape == (240, 320, 3)
+
+
 def test_gif_frame_bomb_decodes_only_its_first_frame(tmp_path, corpus):
     [out] = refusal_probe.measure("graph", {"frames": bad_images.gif_frame_bomb()}, corpus["alpha/good_0.jpg"],
                                   tmp_path).values()

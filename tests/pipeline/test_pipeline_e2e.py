@@ -636,11 +636,16 @@ def test_trainer_takes_exactly_train_steps_steps(first_run):
 # ---------------------------------------------------------------- hostile bytes (issue 10)
 @pytest.mark.parametrize("mode", ["serving", "transform"])
 def test_real_bombs_are_refused_cheaply_by_serving_and_the_transform_graph(first_run, mode, tmp_path):
+    """The bombs (100-268 Mpx, 0.5-6 GB once decoded) over the pixel cap; a 63 MB JPEG of a
+    320x240 picture over the byte cap, which ingestion refuses with the same words (the run's
+    max_bytes, baked into the Transform graph that serving applies)."""
     good = next(first_run["data"].glob("landmark_*/*.jpg")).read_bytes()
-    results = load_fixture("refusal_probe").measure(  # 100-268 Mpx, 0.5-6 GB once decoded
-        mode, bad_images.bombs(), good, tmp_path, model=first_run["summary"]["pushed_to"])
+    padded = bad_images.padded_jpeg()
+    results = load_fixture("refusal_probe").measure(
+        mode, {**bad_images.bombs(), "padded": padded}, good, tmp_path, model=first_run["summary"]["pushed_to"])
     for name, out in results.items():  # each followed by a good request that must work
-        assert "over the pixel cap" in out["refused"], (name, out)
+        want = f"{len(padded)} bytes > max_bytes {CONFIG.max_bytes}" if name == "padded" else "over the pixel cap"
+        assert want in out["refused"], (name, out)
         assert out["seconds"] < 0.5 and out["grown_mb"] < 200, (name, out)
 
 
