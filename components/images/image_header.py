@@ -5,6 +5,7 @@ accepts; the rules come from ``components/images/checks.py`` (see image_ops's
 docstring for the whole design).
 """
 import tensorflow as tf
+from tensorflow.python.ops import cond_v2  # lazy_case: the one switch tf.switch_case does not expose
 
 from components.images import rules
 
@@ -16,6 +17,20 @@ _EXIF_CANDIDATES = 4  # PNG, WebP: occurrences of the EXIF marker examined (the 
 _JPEG_MAX_STEPS = 256  # JPEG: marker segments (or skipped bytes) walked to find the EXIF APP1
 _IFD_ENTRIES = 64     # IFD0 entries examined for the orientation tag
 _BYTE = [bytes([i]) for i in range(256)]
+
+
+def lazy_case(index, branches, name="lazy_case"):
+    """``tf.switch_case(index, branches)`` (an index out of range takes the last branch) whose
+    branches stay functions when the graph runs, instead of being inlined into one graph of
+    switches. TensorFlow then instantiates a branch the first time it is taken: a process that
+    only ever sees JPEGs never prepares the GIF walk or the WebP re-wrap, and each process's
+    first request pays for the formats it meets, not for all of them (graph optimisation costs
+    ~0.3 ms a node, and the other formats were most of the decoder's nodes)."""
+    index = tf.cast(index, tf.int32)
+    if tf.executing_eagerly():
+        i = int(index)
+        return branches[i if 0 <= i < len(branches) else -1]()
+    return cond_v2.indexed_case(index, branches, name=name, lower_using_switch_merge=False)
 
 
 # ------------------------------------------------------------------------------ byte reads
@@ -278,9 +293,9 @@ def header(data):
     hb = tf.cast(tf.io.decode_raw(head, tf.uint8, fixed_length=_HEAD), tf.int64)
     fmt = _sniff(hb, rules.MAGIC)
     branches = [_probe_jpeg, _probe_png, _probe_gif, _probe_bmp, _probe_webp, _probe_other]
-    ok, message, width, height, aux, aux2 = tf.switch_case(
+    ok, message, width, height, aux, aux2 = lazy_case(
         tf.where(fmt >= 0, fmt, len(branches) - 1),
-        [lambda f=f: f(data, head, hb) for f in branches])
+        [lambda f=f: f(data, head, hb) for f in branches], name="probe_format")
     sized = tf.minimum(width, height) > 0
     message = tf.where(tf.logical_and(ok, tf.logical_not(sized)),
                        tf.strings.format("header says {}x{}", (width, height)), message)
@@ -444,9 +459,8 @@ def orientation(data, fmt):
         return data, zero, zero, tf.constant(False)
 
     readers = {_JPEG: _jpeg_exif, _PNG: _png_exif, _WEBP: _webp_exif}
-    source, tiff, end, found = tf.switch_case(
-        tf.cast(fmt, tf.int32),
-        [lambda i=i: readers[i](data) if i in readers else none() for i in range(len(rules.FORMATS))],
-        default=none)
+    source, tiff, end, found = lazy_case(  # an unknown format (-1) takes the last branch: none
+        fmt, [lambda i=i: readers[i](data) if i in readers else none() for i in range(len(rules.FORMATS))] + [none],
+        name="exif_format")
     # Read whether found or not (a few hundred bytes at clipped offsets), then chosen: no branch.
     return tf.where(found, _tiff_orientation(source, tiff, end), tf.constant(1, tf.int64))

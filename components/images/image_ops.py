@@ -2,13 +2,15 @@
 graph and every serving signature, so training, evaluation and serving can never disagree.
 
 One decoder, one verdict. ``decode_rgb`` first PROBES the bytes with cheap string ops (format
-from the magic bytes, stored dimensions from the header) and only then, inside a ``tf.cond``,
-decodes: a refused input never reaches a decoder, so a 200 KB PNG announcing 40000x40000
+from the magic bytes, stored dimensions from the header) and only then, inside a branch
+(``image_header.lazy_case``), decodes: a refused input never reaches a decoder, so a 200 KB PNG announcing 40000x40000
 pixels costs microseconds, not gigabytes. (``tf.debugging`` asserts would not do: in a
 ``tf.function`` nothing orders them before ``decode_image``.) The rules (magic bytes, caps,
 BMP variants, the GIF/WebP walk bounds, the JPEG scales) come from ``components/images/rules.py``,
 which ingestion's checks apply with Pillow. The probe and the EXIF reading, string ops on the
-bytes, are ``components/images/image_header.py``; this module decodes and resizes.
+bytes, are ``components/images/image_header.py``; this module decodes and resizes. Every
+per-format choice (probe, EXIF reader, decoder) and the accept/refuse gate is a ``lazy_case``:
+its branches stay functions at run time, so a process prepares only the formats it meets.
 
 - Accepted: JPEG, PNG, GIF (first frame, drawn on its canvas), BMP (uncompressed 24/32-bit)
   and WebP (still or the first frame of an animation; alpha dropped).
@@ -32,8 +34,8 @@ Refused or undecodable bytes raise InvalidArgumentError, whose message says why.
 """
 import tensorflow as tf
 
-from components.images.image_header import (MAX_BYTES, MAX_PIXELS, byte_length, frame_box, frame_has_alpha, header, int_bytes,
-                                            orientation, probe, read_int)
+from components.images.image_header import (MAX_BYTES, MAX_PIXELS, byte_length, frame_box, frame_has_alpha, header,
+                                            int_bytes, lazy_case, orientation, probe, read_int)
 from components.images.rules import JPEG_SCALES
 
 RESIZE_MODES = ("pad", "squash")
@@ -110,9 +112,9 @@ def _decode_stored(data, fmt, width, height, aux, aux2, scale):
         index = tf.reduce_sum(tf.cast(scale > JPEG_SCALES[:-1], tf.int32))  # 1, 2, 4, 8 -> 0-3
         return tf.switch_case(index, [jpeg_at(d) for d in JPEG_SCALES])
 
-    image = tf.switch_case(tf.cast(fmt, tf.int32), [
+    image = lazy_case(fmt, [
         jpeg, generic, lambda: _decode_gif(data, width, height, aux, aux2), generic,
-        lambda: _decode_webp(data, width, height, aux)])
+        lambda: _decode_webp(data, width, height, aux)], name="decode_format")
     image.set_shape([None, None, 3])
     return image
 
@@ -135,9 +137,10 @@ def decode_rgb(data, max_pixels=MAX_PIXELS, min_size=None, max_bytes=MAX_BYTES):
     """
     data = tf.convert_to_tensor(data, tf.string)
     ok, message, fmt, width, height, aux, aux2, scale = probe(data, max_pixels, min_size, max_bytes)
-    image = tf.cond(ok, lambda: apply_orientation(_decode_stored(data, fmt, width, height, aux, aux2, scale),
-                                                  orientation(data, fmt)),
-                    lambda: _refused(ok, message, [0, 0, 3], tf.uint8))
+    image = lazy_case(tf.cast(ok, tf.int32), [
+        lambda: _refused(ok, message, [0, 0, 3], tf.uint8),
+        lambda: apply_orientation(_decode_stored(data, fmt, width, height, aux, aux2, scale), orientation(data, fmt))],
+        name="decode_if_ok")
     image.set_shape([None, None, 3])
     return image
 
@@ -216,9 +219,10 @@ def decode_resized(data, size, mode="pad", max_pixels=MAX_PIXELS, reduced_jpeg=T
     data = tf.convert_to_tensor(data, tf.string)
     ok, message, fmt, width, height, aux, aux2, scale = probe(data, max_pixels, size if reduced_jpeg else None,
                                                               max_bytes)
-    return tf.cond(ok, lambda: _resize_oriented(_decode_stored(data, fmt, width, height, aux, aux2, scale),
-                                                orientation(data, fmt), size, mode),
-                   lambda: _refused(ok, message, [size, size, 3], tf.float32))
+    return lazy_case(tf.cast(ok, tf.int32), [
+        lambda: _refused(ok, message, [size, size, 3], tf.float32),
+        lambda: _resize_oriented(_decode_stored(data, fmt, width, height, aux, aux2, scale),
+                                 orientation(data, fmt), size, mode)], name="decode_if_ok")
 
 
 _PER_IMAGE = {}

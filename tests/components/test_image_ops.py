@@ -425,6 +425,24 @@ def test_gif_frame_bomb_decodes_only_its_first_frame(tmp_path, corpus):
     assert out["seconds"] < 5 and out["grown_mb"] < 400, out  # TF's decoder on all of it: 60 s, 3 GB
 
 
+def test_the_decoders_format_branches_stay_functions_at_run_time():
+    """Every per-format choice (probe, EXIF reader, decoder) and the accept/refuse gate is a
+    Case op that TensorFlow runs as a function call instead of inlining all its branches into
+    switches, so a process optimises only the branches it takes: the first JPEG request no
+    longer pays for the GIF walk and the WebP re-wrap (benchmarks/first_request.py measures
+    it). Mutation: ``lazy_case`` building a plain tf.switch_case -> all four lowered (fails)."""
+    graph = tf.function(lambda d: image_ops.decode_resized(d, 64), autograph=False).get_concrete_function(
+        tf.TensorSpec([], tf.string)).graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    lowering = {}
+    for node in nodes:
+        for name in ("probe_format", "exif_format", "decode_format", "decode_if_ok"):
+            if node.op in ("Case", "StatelessCase") and name in node.name:
+                lowering[name] = node.attr["_lower_using_switch_merge"].b
+    assert lowering == {"probe_format": False, "exif_format": False, "decode_format": False,
+                        "decode_if_ok": False}, lowering
+
+
 def test_the_schema_allows_exactly_the_accepted_formats():
     from google.protobuf import text_format
     from tensorflow_metadata.proto.v0 import schema_pb2
