@@ -156,5 +156,7 @@ class HashOrder(beam.PTransform):
     def expand(self, pairs):
         spilled = pairs | "Spill" >> beam.ParDo(_Spill(self._scratch))
         return (pairs.pipeline
-                | "Ranges" >> beam.Create(list(range(RANGES)))  # spread over workers by Create's reshuffle
+                | "Start" >> beam.Create([None])
+                | "Ranges" >> beam.FlatMap(lambda _: range(RANGES))
+                | "SpreadRanges" >> beam.Reshuffle()
                 | "Gather" >> beam.ParDo(_Gather(self._per_id), spilled=beam.pvalue.AsList(spilled)))
