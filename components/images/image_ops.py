@@ -119,6 +119,17 @@ def _decode_stored(data, fmt, width, height, aux, aux2, scale):
     return image
 
 
+def _oriented_then_decoded(data, fmt, width, height, aux, aux2, scale):
+    """(EXIF orientation, the image as stored), the orientation read first. A decoder that
+    fails (a cut or corrupt file the headers could not tell) cancels whatever else is still
+    running, and a branch function cancelled before it started can report that cancellation
+    ahead of the decoder's own error: the EXIF walk running beside the decoder made the
+    refusal of a cut JPEG a CancelledError now and then. In order, nothing runs beside it."""
+    value = orientation(data, fmt)
+    with tf.control_dependencies([value]):
+        return value, _decode_stored(data, fmt, width, height, aux, aux2, scale)
+
+
 def _refused(ok, message, shape, dtype):
     with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
         return tf.zeros(shape, dtype)
@@ -137,10 +148,12 @@ def decode_rgb(data, max_pixels=MAX_PIXELS, min_size=None, max_bytes=MAX_BYTES):
     """
     data = tf.convert_to_tensor(data, tf.string)
     ok, message, fmt, width, height, aux, aux2, scale = probe(data, max_pixels, min_size, max_bytes)
-    image = lazy_case(tf.cast(ok, tf.int32), [
-        lambda: _refused(ok, message, [0, 0, 3], tf.uint8),
-        lambda: apply_orientation(_decode_stored(data, fmt, width, height, aux, aux2, scale), orientation(data, fmt))],
-        name="decode_if_ok")
+    def accepted():
+        value, stored = _oriented_then_decoded(data, fmt, width, height, aux, aux2, scale)
+        return apply_orientation(stored, value)
+
+    image = lazy_case(tf.cast(ok, tf.int32), [lambda: _refused(ok, message, [0, 0, 3], tf.uint8), accepted],
+                      name="decode_if_ok")
     image.set_shape([None, None, 3])
     return image
 
@@ -219,10 +232,12 @@ def decode_resized(data, size, mode="pad", max_pixels=MAX_PIXELS, reduced_jpeg=T
     data = tf.convert_to_tensor(data, tf.string)
     ok, message, fmt, width, height, aux, aux2, scale = probe(data, max_pixels, size if reduced_jpeg else None,
                                                               max_bytes)
-    return lazy_case(tf.cast(ok, tf.int32), [
-        lambda: _refused(ok, message, [size, size, 3], tf.float32),
-        lambda: _resize_oriented(_decode_stored(data, fmt, width, height, aux, aux2, scale),
-                                 orientation(data, fmt), size, mode)], name="decode_if_ok")
+    def accepted():
+        value, stored = _oriented_then_decoded(data, fmt, width, height, aux, aux2, scale)
+        return _resize_oriented(stored, value, size, mode)
+
+    return lazy_case(tf.cast(ok, tf.int32), [lambda: _refused(ok, message, [size, size, 3], tf.float32), accepted],
+                     name="decode_if_ok")
 
 
 _PER_IMAGE = {}

@@ -445,6 +445,31 @@ def test_the_decoders_format_branches_stay_functions_at_run_time():
                         "decode_if_ok": False}, lowering
 
 
+def _ancestors(nodes, name):
+    """Names of the nodes ``name`` waits for (data and control inputs), within one function."""
+    by_name, seen, todo = {n.name: n for n in nodes}, set(), [name]
+    while todo:
+        for inp in by_name[todo.pop()].input:
+            source = inp.lstrip("^").split(":")[0]
+            if source in by_name and source not in seen:
+                seen.add(source)
+                todo.append(source)
+    return seen
+
+
+@pytest.mark.parametrize("decoder", ["decode_rgb", "decode_resized"])
+def test_the_decoder_starts_after_the_exif_walk_ends(decoder):
+    """A failing decoder (a cut JPEG) cancels what runs beside it, and a branch cancelled before
+    it started could report "Function was cancelled" ahead of the decoder's reason (seen in
+    CI: test_every_accepted_file_decodes_to_pillows_pixels). The EXIF walk ends first, so
+    nothing runs beside the decoder. Mutation: no control dependency -> not an ancestor (fails)."""
+    fn = (lambda d: image_ops.decode_rgb(d)) if decoder == "decode_rgb" else (lambda d: image_ops.decode_resized(d, 64))
+    graph = tf.function(fn, autograph=False).get_concrete_function(tf.TensorSpec([], tf.string)).graph.as_graph_def()
+    [(branch, decode)] = [(f, n.name) for f in graph.library.function for n in f.node_def
+                          if n.op.endswith("Case") and re.fullmatch(r"(.*/)?decode_format", n.name)]
+    assert any(re.fullmatch(r"(.*/)?exif_format", a) for a in _ancestors(branch.node_def, decode))
+
+
 def test_the_schema_allows_exactly_the_accepted_formats():
     from google.protobuf import text_format
     from tensorflow_metadata.proto.v0 import schema_pb2
