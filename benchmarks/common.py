@@ -114,12 +114,14 @@ def peak_rss_mb():
 
 # --------------------------------------------------------------------------- the pipeline run
 
-def run_key(preset, data):
-    return f"{preset}-{data['n_landmarks']}x{data['views_per_landmark']}-{data['size']}px"
+def run_key(preset, data, overrides=None):
+    extra = "".join(f"-{k}{v}" for k, v in sorted((overrides or {}).items()))
+    return f"{preset}-{data['n_landmarks']}x{data['views_per_landmark']}-{data['size']}px{extra}"
 
 
-def pipeline_run(preset, data, fresh=False, output=None):
-    """A complete local pipeline run of `preset` on generate_landmarks(**data).
+def pipeline_run(preset, data, fresh=False, output=None, **overrides):
+    """A complete local pipeline run of `preset` (updated by `overrides`, PipelineConfig fields)
+    on generate_landmarks(**data).
 
     Reused from scratch/bench/<key>/ when a previous benchmark completed one with the same key
     (the run's summary.json is written last, so a killed run is never reused); `fresh` deletes
@@ -132,7 +134,7 @@ def pipeline_run(preset, data, fresh=False, output=None):
     from pipeline.config import load_config
     from pipeline.demo_data import generate_landmarks
 
-    root = output or os.path.join(SCRATCH, run_key(preset, data))
+    root = output or os.path.join(SCRATCH, run_key(preset, data, overrides))
     marker = os.path.join(root, "summary.json")
     if not fresh and os.path.exists(marker):
         with open(marker) as f:
@@ -141,7 +143,7 @@ def pipeline_run(preset, data, fresh=False, output=None):
     data_dir = os.path.join(root, "data")
     generate_landmarks(data_dir, seed=0, **data)
     start = time.perf_counter()
-    summary = local_runner.run(load_config(preset), data_dir, os.path.join(root, "run"),
+    summary = local_runner.run(load_config(preset, **overrides), data_dir, os.path.join(root, "run"),
                                enable_cache=False)
     result = {"output": os.path.join(root, "run"), "data": data_dir, "preset": preset,
               "summary": summary, "wall_s": time.perf_counter() - start}
