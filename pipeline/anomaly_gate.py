@@ -10,8 +10,9 @@ All reads go through TFX's filesystem layer (``fileio`` -> ``tf.io.gfile``), so 
 the artifacts on gs:// or any other filesystem TensorFlow can open, where ``os.path`` sees
 nothing.
 """
-from tfx import v1 as tfx
-from tfx.types import artifact_utils
+from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import artifact_utils, standard_artifacts
 
 ANOMALIES_FILE = "SchemaDiff.pb"  # what ExampleValidator writes under Split-<name>/
 
@@ -89,7 +90,7 @@ def raise_on_anomalies(anomalies_artifact) -> None:
               "new values are legitimate, update schemas/schema.pbtxt and run again.")
 
 
-@tfx.dsl.components.component
-def AnomalyGate(anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies]):
+@component
+def AnomalyGate(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]):
     """Stops the run if the examples broke the schema."""
     raise_on_anomalies(anomalies)

@@ -59,7 +59,7 @@ def run(config: PipelineConfig, data: str, output: str, enable_cache: bool = Tru
     layout = Layout(os.path.abspath(output))
     # The lock first: a refused run stops before the seconds TFX takes to import.
     with run_lock.hold(layout.output) as killed, _watching(watch):
-        from tfx import v1 as tfx
+        from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
         from pipeline.pipeline import create_pipeline
         from components.image_example_gen import storage
@@ -78,7 +78,7 @@ def run(config: PipelineConfig, data: str, output: str, enable_cache: bool = Tru
                             layout.output, run_lock.describe(killed))
         for removed in remove_incomplete_versions(layout.serving_model_dir):
             logging.warning("Removed %s: a model version left incomplete by an interrupted push.", removed)
-        tfx.orchestration.LocalDagRunner().run(create_pipeline(
+        LocalDagRunner().run(create_pipeline(
             config, data=os.path.abspath(data), pipeline_root=layout.pipeline_root,
             serving_model_dir=layout.serving_model_dir, schema_file=SCHEMA_FILE,
             preprocessing_fn=PREPROCESSING_FN, run_fn=RUN_FN,

@@ -10,7 +10,17 @@ import json
 import os
 from typing import List, Optional
 
-from tfx import v1 as tfx
+# TFX's own modules, not the public ``tfx.v1``: importing that one loads every extension too
+# (google.cloud.aiplatform's clients among them), about 3 s of every process's start-up.
+from tfx.components import Evaluator, ExampleValidator, Pusher, StatisticsGen, Trainer, Transform
+from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
+from tfx.dsl.components.common.resolver import Resolver
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
+from tfx.orchestration import metadata
+from tfx.orchestration.pipeline import Pipeline
+from tfx.proto import pusher_pb2, trainer_pb2, transform_pb2
+from tfx.types import standard_artifacts
+from tfx.types.channel import Channel
 
 from components.image_example_gen import ImageExampleGen
 from components.retrieval.tfma_metric import eval_config as retrieval_eval_config
@@ -62,7 +72,7 @@ def create_pipeline(config: PipelineConfig, *, data: str, pipeline_root: str, se
                     trainer_resources=None, trainer_class=None,
                     trainer_custom_config: Optional[dict] = None,
                     gallery_index_dir: Optional[str] = None,
-                    gallery_fingerprint: Optional[str] = None) -> tfx.dsl.Pipeline:
+                    gallery_fingerprint: Optional[str] = None) -> Pipeline:
     """The DOLG-TFX pipeline.
 
     Args:
@@ -93,44 +103,43 @@ def create_pipeline(config: PipelineConfig, *, data: str, pipeline_root: str, se
                                   max_bytes=config.max_bytes, max_pixels=config.max_pixels,
                                   decode_size=config.model.image_size,
                                   fingerprint_max_files=config.fingerprint_max_files)
-    statistics = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema = tfx.components.ImportSchemaGen(schema_file=schema_file)
-    validator = tfx.components.ExampleValidator(statistics=statistics.outputs["statistics"],
-                                                schema=schema.outputs["schema"])
+    statistics = StatisticsGen(examples=example_gen.outputs["examples"])
+    schema = ImportSchemaGen(schema_file=schema_file)
+    validator = ExampleValidator(statistics=statistics.outputs["statistics"], schema=schema.outputs["schema"])
     gate = AnomalyGate(anomalies=validator.outputs["anomalies"])
 
-    transform = tfx.components.Transform(
+    transform = Transform(
         examples=example_gen.outputs["examples"], schema=schema.outputs["schema"],
         preprocessing_fn=preprocessing_fn, materialize=False,
-        splits_config=tfx.proto.SplitsConfig(analyze=["train"]),
+        splits_config=transform_pb2.SplitsConfig(analyze=["train"]),
         custom_config=transform_config(config))
     transform.add_upstream_node(gate)
 
-    trainer = (trainer_class or tfx.components.Trainer)(
+    trainer = (trainer_class or Trainer)(
         run_fn=run_fn, examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"], schema=schema.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=config.train_steps),
-        eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=0),
+        train_args=trainer_pb2.TrainArgs(splits=["train"], num_steps=config.train_steps),
+        eval_args=trainer_pb2.EvalArgs(splits=["eval"], num_steps=0),
         custom_config={"config": config.trainer_json(), "backup_root": os.path.join(pipeline_root, "_trainer_backup"),
                        **(trainer_custom_config or {})})
     if trainer_resources is not None:
         trainer_resources(trainer)
 
-    baseline = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    baseline = Resolver(
+        strategy_class=LatestBlessedModelStrategy,
+        model=Channel(type=standard_artifacts.Model),
+        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model_resolver")
 
-    evaluator = tfx.components.Evaluator(
+    evaluator = Evaluator(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=baseline.outputs["model"], schema=schema.outputs["schema"],
         eval_config=evaluation_config(config), example_splits=["eval"])
 
-    pusher = tfx.components.Pusher(
+    pusher = Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
+        push_destination=pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_model_dir)))
 
     components = [example_gen, statistics, schema, validator, gate, transform, trainer, baseline,
                   evaluator, pusher]
@@ -146,10 +155,10 @@ def create_pipeline(config: PipelineConfig, *, data: str, pipeline_root: str, se
             # only when set: a run without DBA keeps the component's parameters (and cache key)
             **({"dba": config.gallery_dba, "dba_alpha": float(config.gallery_dba_alpha)} if config.gallery_dba else {})))
 
-    return tfx.dsl.Pipeline(
+    return Pipeline(
         pipeline_name=config.pipeline_name, pipeline_root=pipeline_root,
         components=components,
         enable_cache=enable_cache,
-        metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
+        metadata_connection_config=(metadata.sqlite_metadata_connection_config(metadata_path)
                                     if metadata_path else None),
         beam_pipeline_args=beam_pipeline_args(config))

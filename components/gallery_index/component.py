@@ -12,7 +12,8 @@ artifact points back to the model it belongs to.
 import json
 
 from tfx import types
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from components.gallery_index.build import SUMMARY_FILE
@@ -34,18 +35,18 @@ def _write_summary(artifact, summary: dict) -> None:
         f.write(json.dumps(summary, indent=1))
 
 
-@tfx.dsl.components.component
+@component
 def GalleryIndexer(
-        model: tfx.dsl.components.InputArtifact[standard_artifacts.Model],
-        model_blessing: tfx.dsl.components.InputArtifact[standard_artifacts.ModelBlessing],
-        pushed_model: tfx.dsl.components.InputArtifact[standard_artifacts.PushedModel],
-        gallery_index: tfx.dsl.components.OutputArtifact[GalleryIndexArtifact],
-        gallery: tfx.dsl.components.Parameter[str],
-        index_dir: tfx.dsl.components.Parameter[str],
-        beam_args: tfx.dsl.components.Parameter[str] = "[]",
-        gallery_fingerprint: tfx.dsl.components.Parameter[str] = "",
-        dba: tfx.dsl.components.Parameter[int] = 0,
-        dba_alpha: tfx.dsl.components.Parameter[float] = 3.0):
+        model: InputArtifact[standard_artifacts.Model],
+        model_blessing: InputArtifact[standard_artifacts.ModelBlessing],
+        pushed_model: InputArtifact[standard_artifacts.PushedModel],
+        gallery_index: OutputArtifact[GalleryIndexArtifact],
+        gallery: Parameter[str],
+        index_dir: Parameter[str],
+        beam_args: Parameter[str] = "[]",
+        gallery_fingerprint: Parameter[str] = "",
+        dba: Parameter[int] = 0,
+        dba_alpha: Parameter[float] = 3.0):
     """Indexes ``gallery`` with the pushed model into ``index_dir/<version>``.
 
     ``beam_args``: the pipeline's Beam arguments as a JSON list. ``gallery_fingerprint``: not
