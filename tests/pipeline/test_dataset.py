@@ -335,6 +335,19 @@ def test_make_dataset_never_augments_outside_training(inputs, monkeypatch):
     assert rows == list(range(N_ROWS))  # every row once, in file order: no shuffle either
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_make_dataset_runs_without_the_autotuning_model_thread(inputs, training):
+    """tf.data's autotuning model thread is what Keras' fit waited for, 3-48 s after the last
+    step in about one in-process Trainer run in three (the iterator's destructor joins it while
+    it sleeps out its optimisation period): every input pipeline make_dataset builds has it off.
+    Mutation that fails it: dropping ``opts.autotune.enabled = False``."""
+    data = dataset.make_dataset(inputs["train_files"], inputs["accessor"], inputs["tft_output"], 8,
+                                training=training, augment=False)
+    assert data.options().autotune.enabled is False
+    features, _ = next(iter(data))  # and it still delivers batches
+    assert features[F.IMAGE].shape[0] == 8
+
+
 RANDOM_OPS = ("Random", "SampleDistortedBoundingBox", "Multinomial", "Shuffle")
 
 
