@@ -25,12 +25,20 @@ def lazy_case(index, branches, name="lazy_case"):
     switches. TensorFlow then instantiates a branch the first time it is taken: a process that
     only ever sees JPEGs never prepares the GIF walk or the WebP re-wrap, and each process's
     first request pays for the formats it meets, not for all of them (graph optimisation costs
-    ~0.3 ms a node, and the other formats were most of the decoder's nodes)."""
+    ~0.3 ms a node, and the other formats were most of the decoder's nodes).
+
+    Every branch is still a function in the graph's library, and a loaded model's first request
+    pays for each function there, taken or not (about 3 ms each, measured): a callable given
+    for several indices becomes one function, the index mapped to it."""
     index = tf.cast(index, tf.int32)
     if tf.executing_eagerly():
         i = int(index)
         return branches[i if 0 <= i < len(branches) else -1]()
-    return cond_v2.indexed_case(index, branches, name=name, lower_using_switch_merge=False)
+    unique = list(dict.fromkeys(branches))
+    if len(unique) < len(branches):
+        index = tf.gather(tf.constant([unique.index(b) for b in branches]),
+                          tf.where((index >= 0) & (index < len(branches)), index, len(branches) - 1))
+    return cond_v2.indexed_case(index, unique, name=name, lower_using_switch_merge=False)
 
 
 # ------------------------------------------------------------------------------ byte reads
@@ -144,42 +152,41 @@ def _probe_bmp(data, head, hb):
 
 
 def _gif_walk(data, hb):
-    """checks.gif_first_frame in graph ops: (state, end, x, y, w, h, descriptor offset); state 3 = found."""
+    """checks.gif_first_frame in graph ops: (state, end, x, y, w, h, descriptor offset); state 3 = found.
+    Each step computes both readings of the byte at ``pos`` (a block introducer at the top
+    level, a sub-block length inside a chain: bounded reads) and selects one, without a
+    branch: every branch is a function in the serving graph's library, and the size of that
+    library is what a freshly loaded model's first request pays for."""
     n = byte_length(data)
     flags = hb[10]
     start = 13 + tf.where(flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), 0)
-    top, ext, img, done, fail = 0, 1, 2, 3, 4
+    top, ext, img, done, fail = (tf.constant(v, tf.int64) for v in range(5))
 
     def step(state, pos, x, y, w, h, desc_at):
-        def at_top():
-            block = read_int(data, pos, 1, True)
-            desc = _read(data, pos + 1, 9)
-            xywh = [desc[0] + 256 * desc[1], desc[2] + 256 * desc[3], desc[4] + 256 * desc[5],
-                    desc[6] + 256 * desc[7]]
-            table = tf.where(desc[8] >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), desc[8] % 8), 0)
-            return tf.case([
-                (block == 0x21, lambda: (tf.constant(ext, tf.int64), pos + 2, x, y, w, h, desc_at)),
-                (tf.logical_and(block == 0x2C, pos + 10 <= n),
-                 lambda: (tf.constant(img, tf.int64), pos + 11 + table, *xywh, pos))],
-                default=lambda: (tf.constant(fail, tf.int64), pos, x, y, w, h, desc_at), exclusive=False)
-
-        def in_chain():
-            length = read_int(data, pos, 1, True)
-            window = _read(data, pos, (length + 1) * rules.GIF_MAX_RUN)
-            heads = tf.strided_slice(window, [0], [tf.size(window, out_type=tf.int64)], [length + 1])
-            within = pos + tf.range(tf.size(heads, out_type=tf.int64)) * (length + 1) < n
-            same = tf.cast(tf.logical_and(tf.equal(heads, length), within), tf.int64)
-            run = tf.maximum(tf.reduce_sum(tf.math.cumprod(same)), 1)
-            after_end = tf.where(state == img, tf.constant(done, tf.int64), tf.constant(top, tf.int64))
-            return tf.cond(length == 0, lambda: (after_end, pos + 1, x, y, w, h, desc_at),
-                           lambda: (state, pos + run * (length + 1), x, y, w, h, desc_at))
-
-        return tf.cond(pos >= n, lambda: (tf.constant(fail, tf.int64), pos, x, y, w, h, desc_at),
-                       lambda: tf.cond(state == top, at_top, in_chain))
+        byte = read_int(data, pos, 1, True)  # the block introducer, or the sub-block's length
+        # At the top level: an extension (0x21), an image descriptor (0x2C), or a failure.
+        desc = _read(data, pos + 1, 9)
+        table = tf.where(desc[8] >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), desc[8] % 8), 0)
+        is_ext, is_img = byte == 0x21, (byte == 0x2C) & (pos + 10 <= n)
+        top_state = tf.where(is_ext, ext, tf.where(is_img, img, fail))
+        top_pos = tf.where(is_ext, pos + 2, tf.where(is_img, pos + 11 + table, pos))
+        # In a chain of sub-blocks: skip a run of equal-length ones at once; length 0 ends it.
+        window = _read(data, pos, (byte + 1) * rules.GIF_MAX_RUN)
+        heads = tf.strided_slice(window, [0], [tf.size(window, out_type=tf.int64)], [byte + 1])
+        within = pos + tf.range(tf.size(heads, out_type=tf.int64)) * (byte + 1) < n
+        run = tf.maximum(tf.reduce_sum(tf.math.cumprod(tf.cast(tf.equal(heads, byte) & within, tf.int64))), 1)
+        chain_state = tf.where(byte == 0, tf.where(state == img, done, top), state)
+        chain_pos = tf.where(byte == 0, pos + 1, pos + run * (byte + 1))
+        at_top, past_end = state == top, pos >= n
+        found = at_top & is_img & tf.logical_not(past_end)
+        box = [desc[0] + 256 * desc[1], desc[2] + 256 * desc[3], desc[4] + 256 * desc[5], desc[6] + 256 * desc[7]]
+        return (tf.where(past_end, fail, tf.where(at_top, top_state, chain_state)),
+                tf.where(past_end, pos, tf.where(at_top, top_pos, chain_pos)),
+                *(tf.where(found, new, old) for new, old in zip(box, (x, y, w, h))),
+                tf.where(found, pos, desc_at))
 
     zero = tf.constant(0, tf.int64)
-    return tf.while_loop(lambda state, *_: state < done, step,
-                         (tf.constant(top, tf.int64), start, zero, zero, zero, zero, zero),
+    return tf.while_loop(lambda state, *_: state < done, step, (top, start, zero, zero, zero, zero, zero),
                          maximum_iterations=rules.GIF_MAX_STEPS)
 
 
@@ -187,14 +194,14 @@ def _probe_gif(data, head, hb):
     state, end, x, y, w, h, desc_at = _gif_walk(data, hb)
     found = tf.logical_and(tf.logical_and(state == 3, end <= byte_length(data)), w * h > 0)
     screen_w, screen_h = _at(hb, 6, 2, True), _at(hb, 8, 2, True)
-    return tf.cond(found,
-                   lambda: _ok(tf.maximum(screen_w, x + w), tf.maximum(screen_h, y + h), end, desc_at),
-                   lambda: _refusal("GIF: no complete first frame (truncated, unknown block, or data "
-                                    f"split into irregular sub-blocks: more than {rules.GIF_MAX_STEPS} steps)"))
+    return _choose(found, _ok(tf.maximum(screen_w, x + w), tf.maximum(screen_h, y + h), end, desc_at),
+                   _refusal("GIF: no complete first frame (truncated, unknown block, or data "
+                            f"split into irregular sub-blocks: more than {rules.GIF_MAX_STEPS} steps)"))
 
 
-def _first_anmf(data):
-    """Offset of the first ANMF chunk after VP8X (checks.webp_info's walk), or -1."""
+def _first_anmf(data, animated=True):
+    """Offset of the first ANMF chunk after VP8X (checks.webp_info's walk), or -1 (at once
+    when ``animated`` is False)."""
     n = byte_length(data)
 
     def step(pos, found):
@@ -203,7 +210,7 @@ def _first_anmf(data):
         size = read_int(data, pos + 4, 4, True)
         return tf.where(hit, pos, pos + 8 + size + size % 2), tf.where(hit, pos, found)
 
-    _, found = tf.while_loop(lambda pos, found: tf.logical_and(found < 0, pos + 8 <= n), step,
+    _, found = tf.while_loop(lambda pos, found: animated & (found < 0) & (pos + 8 <= n), step,
                              (tf.constant(30, tf.int64), tf.constant(-1, tf.int64)),
                              maximum_iterations=rules.WEBP_MAX_CHUNKS)
     return found
@@ -252,29 +259,26 @@ def _first_frame_fits(data, anmf, width, height):
 
 
 def _probe_webp(data, head, hb):
-    def vp8():
-        return _choose(_has(head, 23, b"\x9d\x01\x2a"),
-                       _ok(_at(hb, 26, 2, True) % 16384, _at(hb, 28, 2, True) % 16384, -1),
-                       _refusal("WebP: VP8 frame without its start code"))
-
-    def vp8l():
-        bits = _at(hb, 21, 4, True)
-        return _choose(hb[20] == 0x2F, _ok(bits % 16384 + 1, (bits // 16384) % 16384 + 1, -1),
-                       _refusal("WebP: VP8L bitstream without its signature"))
-
-    def vp8x():
-        width, height = _at(hb, 24, 3, True) + 1, _at(hb, 27, 3, True) + 1
-        animated = tf.bitwise.bitwise_and(hb[20], 2) > 0
-        anmf = tf.cond(animated, lambda: _first_anmf(data), lambda: tf.constant(-1, tf.int64))
-        frame_ok, frame_message = _first_frame_fits(data, anmf, width, height)
-        return _choose(tf.logical_and(animated, anmf < 0),
-                       _refusal(f"WebP: animation without a frame in its first {rules.WEBP_MAX_CHUNKS} chunks"),
-                       _choose(tf.logical_or(anmf < 0, frame_ok), _ok(width, height, anmf), _refusal(frame_message)))
-
+    """Every reading (VP8, VP8L, VP8X: fixed reads of the head, and the ANMF walk, which takes
+    no step unless the VP8X header says animated) computed and one selected: no branch
+    functions in the serving graph's library (see _gif_walk)."""
+    vp8 = _choose(_has(head, 23, b"\x9d\x01\x2a"),
+                  _ok(_at(hb, 26, 2, True) % 16384, _at(hb, 28, 2, True) % 16384, -1),
+                  _refusal("WebP: VP8 frame without its start code"))
+    bits = _at(hb, 21, 4, True)
+    vp8l = _choose(hb[20] == 0x2F, _ok(bits % 16384 + 1, (bits // 16384) % 16384 + 1, -1),
+                   _refusal("WebP: VP8L bitstream without its signature"))
     chunk = tf.strings.substr(head, 12, 4)
-    return tf.case([(tf.strings.length(data) < 30, lambda: _refusal("WebP: header cut short")),
-                    (chunk == b"VP8 ", vp8), (chunk == b"VP8L", vp8l), (chunk == b"VP8X", vp8x)],
-                   default=lambda: _refusal("WebP: first chunk is not VP8, VP8L or VP8X"), exclusive=False)
+    width, height = _at(hb, 24, 3, True) + 1, _at(hb, 27, 3, True) + 1
+    animated = tf.bitwise.bitwise_and(hb[20], 2) > 0
+    anmf = _first_anmf(data, animated & (chunk == b"VP8X"))
+    frame_ok, frame_message = _first_frame_fits(data, anmf, width, height)
+    vp8x = _choose(tf.logical_and(animated, anmf < 0),
+                   _refusal(f"WebP: animation without a frame in its first {rules.WEBP_MAX_CHUNKS} chunks"),
+                   _choose(tf.logical_or(anmf < 0, frame_ok), _ok(width, height, anmf), _refusal(frame_message)))
+    other = _refusal("WebP: first chunk is not VP8, VP8L or VP8X")
+    by_chunk = _choose(chunk == b"VP8 ", vp8, _choose(chunk == b"VP8L", vp8l, _choose(chunk == b"VP8X", vp8x, other)))
+    return _choose(tf.strings.length(data) < 30, _refusal("WebP: header cut short"), by_chunk)
 
 
 def _probe_other(data, head, hb):
@@ -458,9 +462,8 @@ def orientation(data, fmt):
     def none():
         return data, zero, zero, tf.constant(False)
 
-    readers = {_JPEG: _jpeg_exif, _PNG: _png_exif, _WEBP: _webp_exif}
+    readers = {_JPEG: lambda: _jpeg_exif(data), _PNG: lambda: _png_exif(data), _WEBP: lambda: _webp_exif(data)}
     source, tiff, end, found = lazy_case(  # an unknown format (-1) takes the last branch: none
-        fmt, [lambda i=i: readers[i](data) if i in readers else none() for i in range(len(rules.FORMATS))] + [none],
-        name="exif_format")
+        fmt, [readers.get(i, none) for i in range(len(rules.FORMATS))] + [none], name="exif_format")
     # Read whether found or not (a few hundred bytes at clipped offsets), then chosen: no branch.
     return tf.where(found, _tiff_orientation(source, tiff, end), tf.constant(1, tf.int64))

@@ -82,22 +82,23 @@ def _webp_pixels(still):
 
 
 def _decode_webp(data, width, height, anmf):
-    def still():
-        return _webp_pixels(data)
-
-    def first_frame():  # its kind, box and bitstream size were checked by the probe
-        size = read_int(data, anmf + 4, 4, True)
-        x, y, w, h = frame_box(data, anmf)
-        has_alpha = frame_has_alpha(data, anmf)
-        body = tf.strings.substr(data, tf.minimum(anmf + 24, byte_length(data)), tf.maximum(size - 16, 0))
-        vp8x = tf.strings.join([b"VP8X", int_bytes(tf.constant(10, tf.int64), 4), b"\x10\0\0\0",
-                                int_bytes(w - 1, 3), int_bytes(h - 1, 3)])
-        chunks = tf.where(has_alpha, tf.strings.join([vp8x, body]), body)
-        riff = tf.strings.join([b"RIFF", int_bytes(tf.cast(tf.strings.length(chunks), tf.int64) + 4, 4),
-                                b"WEBP", chunks])
-        return _on_canvas(_webp_pixels(riff), x, y, width, height)
-
-    return tf.cond(anmf >= 0, first_frame, still)
+    """A still WebP as it is; an animation's first frame (its kind, box and bitstream size
+    checked by the probe) re-wrapped as a still and drawn on the canvas. One decode of the
+    bytes selected, not a branch (see lazy_case on what each branch function costs)."""
+    animated = anmf >= 0
+    size = tf.where(animated, read_int(data, anmf + 4, 4, True), 0)  # nothing cut from a still
+    x, y, w, h = frame_box(data, anmf)
+    has_alpha = frame_has_alpha(data, anmf)
+    body = tf.strings.substr(data, tf.minimum(tf.maximum(anmf + 24, 0), byte_length(data)), tf.maximum(size - 16, 0))
+    vp8x = tf.strings.join([b"VP8X", int_bytes(tf.constant(10, tf.int64), 4), b"\x10\0\0\0",
+                            int_bytes(w - 1, 3), int_bytes(h - 1, 3)])
+    chunks = tf.where(has_alpha, tf.strings.join([vp8x, body]), body)
+    riff = tf.strings.join([b"RIFF", int_bytes(tf.cast(tf.strings.length(chunks), tf.int64) + 4, 4), b"WEBP", chunks])
+    frame = _webp_pixels(tf.where(animated, riff, data))
+    zero, shape = tf.constant(0, tf.int64), tf.cast(tf.shape(frame), tf.int64)
+    # A still is its own canvas: drawn at (0, 0) on its decoded size, it comes out as decoded.
+    return _on_canvas(frame, tf.where(animated, x, zero), tf.where(animated, y, zero),
+                      tf.where(animated, width, shape[1]), tf.where(animated, height, shape[0]))
 
 
 def _decode_stored(data, fmt, width, height, aux, aux2, scale):
