@@ -42,15 +42,22 @@ RESIZE_MODES = ("pad", "squash")
 
 
 # ------------------------------------------------------------------------------ orientation
+# Per EXIF orientation 0-8 (0: none, as 1): the axes' order, and which of rows / columns flip.
+_ORIENT_PERM = [[0, 1, 2]] * 5 + [[1, 0, 2]] * 4
+_ORIENT_FLIPS = [[False, False], [False, False], [False, True], [True, True], [True, False],
+                 [False, False], [False, True], [True, True], [True, False]]
+
+
 def apply_orientation(image, value):
     """Turns a stored (H, W, C) image upright for EXIF orientation ``value`` (1-8), as Pillow's
-    ``ImageOps.exif_transpose`` does: a transpose for 5-8, then a flip of the rows and/or the
-    columns. Two data-dependent permutations, no control flow (upright images pass through)."""
-    value = tf.cast(value, tf.int32)
-    transposed = tf.transpose(image, tf.where(value >= 5, [1, 0, 2], [0, 1, 2]))
-    flip_rows = tf.reduce_any(tf.equal(value, [3, 4, 7, 8]))
-    flip_columns = tf.reduce_any(tf.equal(value, [2, 3, 6, 7]))
-    return tf.reverse(transposed, tf.boolean_mask([0, 1], tf.stack([flip_rows, flip_columns])))
+    ``ImageOps.exif_transpose`` does: a transpose for 5-8, then a flip of the rows (3, 4, 7, 8)
+    and/or the columns (2, 3, 6, 7); any other value is upright, as Pillow leaves it. Two table
+    lookups, a transpose and a reverse (upright images pass through): few ops on purpose, as
+    they run on every image and every node costs a loaded model's first request (see
+    image_header.lazy_case)."""
+    row = tf.where((value >= 1) & (value <= 8), tf.cast(value, tf.int32), 0)
+    transposed = tf.transpose(image, tf.gather(_ORIENT_PERM, row))
+    return tf.reverse(transposed, tf.where(tf.gather(_ORIENT_FLIPS, row))[:, 0])
 
 
 # ------------------------------------------------------------------------------ decoding
