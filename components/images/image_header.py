@@ -28,8 +28,9 @@ def lazy_case(index, branches, name="lazy_case"):
     ~0.3 ms a node, and the other formats were most of the decoder's nodes).
 
     Every branch is still a function in the graph's library, and a loaded model's first request
-    pays for each function there, taken or not (about 3 ms each, measured): a callable given
-    for several indices becomes one function, the index mapped to it."""
+    pays for each function there and each node in it, taken or not (1-1.5 ms a function,
+    0.08-0.12 ms a node: benchmarks/first_request.py): a callable given for several indices
+    becomes one function, the index mapped to it."""
     index = tf.cast(index, tf.int32)
     if tf.executing_eagerly():
         i = int(index)

@@ -447,7 +447,7 @@ def test_the_decoders_format_branches_stay_functions_at_run_time():
 
 def test_the_decoders_library_has_no_cond_and_few_functions():
     """A loaded model's first request pays for every function in its graph's library, taken or
-    not (about 3 ms each, and ~0.08 ms a node, in fresh processes), so the decoder branches
+    not (1-1.5 ms a function, 0.08-0.12 ms a node: benchmarks/first_request.py), so the decoder branches
     only where it must: the four per-format/accept Cases, the JPEG scale switch and the three
     walks (GIF blocks, WebP chunks, JPEG segments); everything else is a select. 26 functions
     (56 before the GIF walk's and WebP probe's conds became selects and a branch shared by
