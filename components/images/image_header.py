@@ -24,8 +24,8 @@ def lazy_case(index, branches, name="lazy_case"):
     branches stay functions when the graph runs, instead of being inlined into one graph of
     switches. TensorFlow then instantiates a branch the first time it is taken: a process that
     only ever sees JPEGs never prepares the GIF walk or the WebP re-wrap, and each process's
-    first request pays for the formats it meets, not for all of them (graph optimisation costs
-    ~0.3 ms a node, and the other formats were most of the decoder's nodes).
+    first request pays for the formats it meets, not for all of them (the other formats were
+    most of the decoder's nodes).
 
     Every branch is still a function in the graph's library, and a loaded model's first request
     pays for each function there and each node in it, taken or not (1-1.5 ms a function,
@@ -374,11 +374,9 @@ _IFD_FIELDS = ((0, 2), (2, 4), (4, 8), (8, 10), (8, 12))
 
 
 def _field_matrix(little_endian):
-    columns = [[0] * 12 for _ in _IFD_FIELDS]
-    for column, (a, b) in zip(columns, _IFD_FIELDS):
-        for i in range(a, b):
-            column[i] = 256 ** (i - a if little_endian else b - 1 - i)
-    return [list(row) for row in zip(*columns)]  # [12, fields]
+    """[12 bytes, fields]: byte i's place value in each field it belongs to, else 0."""
+    return [[256 ** (i - a if little_endian else b - 1 - i) if a <= i < b else 0 for a, b in _IFD_FIELDS]
+            for i in range(12)]
 
 
 def _tiff_orientation(data, tiff, end):

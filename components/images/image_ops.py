@@ -48,6 +48,12 @@ _ORIENT_FLIPS = [[False, False], [False, False], [False, True], [True, True], [T
                  [False, False], [False, True], [True, True], [True, False]]
 
 
+def _orientation_row(value):
+    """The row of the tables above for EXIF orientation ``value``: itself for 1-8, else 0
+    (upright). The one reading of a value both here and in _resize_oriented."""
+    return tf.where((value >= 1) & (value <= 8), tf.cast(value, tf.int32), 0)
+
+
 def apply_orientation(image, value):
     """Turns a stored (H, W, C) image upright for EXIF orientation ``value`` (1-8), as Pillow's
     ``ImageOps.exif_transpose`` does: a transpose for 5-8, then a flip of the rows (3, 4, 7, 8)
@@ -55,7 +61,7 @@ def apply_orientation(image, value):
     lookups, a transpose and a reverse (upright images pass through): few ops on purpose, as
     they run on every image and every node costs a loaded model's first request (see
     image_header.lazy_case)."""
-    row = tf.where((value >= 1) & (value <= 8), tf.cast(value, tf.int32), 0)
+    row = _orientation_row(value)
     transposed = tf.transpose(image, tf.gather(_ORIENT_PERM, row))
     return tf.reverse(transposed, tf.where(tf.gather(_ORIENT_FLIPS, row))[:, 0])
 
@@ -213,7 +219,7 @@ def _resize_oriented(stored, value, size, mode):
     transpose and flips commute with a separable resize, so only the float rounding differs."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, not {mode!r}")
-    swap = tf.cast(value, tf.int32) >= 5
+    swap = _orientation_row(value) >= 5  # apply_orientation transposes exactly these
     shape = tf.shape(stored)
     height, width = tf.where(swap, shape[1], shape[0]), tf.where(swap, shape[0], shape[1])  # upright
     if mode == "pad":
