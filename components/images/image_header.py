@@ -50,9 +50,11 @@ def byte_length(data):
 def _read(data, pos, length):
     """``length`` bytes of ``data`` from ``pos`` as an int64 vector, zero past the end."""
     pos = tf.clip_by_value(tf.cast(pos, tf.int64), 0, byte_length(data))
-    length = tf.cast(length, tf.int64)
-    return tf.cast(tf.io.decode_raw(tf.strings.substr(data, pos, length), tf.uint8,
-                                    fixed_length=tf.cast(length, tf.int32)), tf.int64)
+    if isinstance(length, int):  # constants, not casts (nodes: see lazy_case)
+        length, fixed = tf.constant(length, tf.int64), tf.constant(length, tf.int32)
+    else:
+        length, fixed = tf.cast(length, tf.int64), tf.cast(length, tf.int32)
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(data, pos, length), tf.uint8, fixed_length=fixed), tf.int64)
 
 
 def _weights(length, little_endian):
@@ -71,15 +73,27 @@ def _ints(raw, little_endian):
     return tf.reduce_sum(raw * _weights(raw.shape[-1], little_endian), axis=-1)
 
 
-def _at(head_bytes, offset, length, little_endian):
-    """The integer at a fixed ``offset`` of the head (its bytes read once, as int64)."""
-    return _ints(head_bytes[offset:offset + length], little_endian)
+def _fields(raw, places):
+    """The unsigned integers at fixed ``places`` ((offset, length, little_endian) each) of a
+    byte vector of static length (or of each row of a matrix), as scalars (or vectors): one product with a [bytes, fields] place-value
+    matrix, not a slice (four nodes), a multiply and a sum per field (nodes a loaded model's
+    first request pays for: lazy_case)."""
+    matrix = [[0] * len(places) for _ in range(raw.shape[-1])]
+    for j, (offset, length, little_endian) in enumerate(places):
+        for k in range(length):
+            matrix[offset + k][j] = 256 ** (k if little_endian else length - 1 - k)
+    matrix = tf.constant(matrix, tf.int64)
+    if raw.shape.rank == 1:
+        return tf.unstack(tf.linalg.matvec(matrix, raw, transpose_a=True), len(places))
+    return tf.unstack(tf.linalg.matmul(raw, matrix), len(places), axis=-1)
 
 
-def int_bytes(value, length):
-    """The ``length``-byte little-endian encoding of an int64 scalar, as a string."""
-    digits = tf.stack([(value // (256 ** i)) % 256 for i in range(length)])
-    return tf.strings.reduce_join(tf.gather(tf.constant(_BYTE), digits))
+def int_bytes(values, length):
+    """The ``length``-byte little-endian encodings of int64 ``values`` ([K]), as [K] strings:
+    every digit of every value in one divide, one modulo and one table lookup."""
+    places = tf.constant([256 ** i for i in range(length)], tf.int64)
+    digits = (tf.expand_dims(values, 1) // places) % 256
+    return tf.strings.reduce_join(tf.gather(tf.constant(_BYTE), digits), axis=1)
 
 
 def _has(head, offset, signature):
@@ -111,14 +125,16 @@ def _is_svg(data):
 
 
 # ------------------------------------------------------------------------------ the probe
+# A format's probe says (fields, message): fields = [ok, width, height, aux, aux2] as one int64
+# vector, so choosing between two readings is two selects (the vector, the message), not one
+# per field: each op is a node in every serving graph's library, and a loaded model's first
+# request pays for every node there (see lazy_case).
 def _refusal(message):
-    zero = tf.constant(0, tf.int64)
-    return tf.constant(False), tf.constant(message) if isinstance(message, str) else message, zero, zero, zero, zero
+    return tf.zeros([5], tf.int64), message
 
 
 def _ok(width, height, a=0, b=0):
-    return (tf.constant(True), tf.constant(""), tf.cast(width, tf.int64), tf.cast(height, tf.int64),
-            tf.cast(a, tf.int64), tf.cast(b, tf.int64))
+    return tf.stack([tf.constant(1, tf.int64), *(tf.cast(v, tf.int64) for v in (width, height, a, b))]), ""
 
 
 def _probe_jpeg(data, head, hb):
@@ -134,16 +150,15 @@ def _choose(condition, if_true, if_false):
 
 
 def _probe_png(data, head, hb):
-    return _choose(_has(head, 12, b"IHDR"), _ok(_at(hb, 16, 4, False), _at(hb, 20, 4, False)),
-                   _refusal("PNG: first chunk is not IHDR"))
+    width, height = _fields(hb, ((16, 4, False), (20, 4, False)))
+    return _choose(_has(head, 12, b"IHDR"), _ok(width, height), _refusal("PNG: first chunk is not IHDR"))
 
 
 def _probe_bmp(data, head, hb):
-    dib = _at(hb, 14, 4, True)
-    width, height = _at(hb, 18, 4, True), _at(hb, 22, 4, True)
+    dib, width, height, bits, compression = _fields(hb, ((14, 4, True), (18, 4, True), (22, 4, True),
+                                                         (28, 2, True), (30, 4, True)))
     width = tf.where(width >= 2 ** 31, width - 2 ** 32, width)
     height = tf.abs(tf.where(height >= 2 ** 31, height - 2 ** 32, height))  # < 0: top-down rows
-    bits, compression = _at(hb, 28, 2, True), _at(hb, 30, 4, True)
     supported = tf.logical_and(tf.reduce_any(tf.equal(bits, rules.BMP_BITS)), compression == 0)
     by_pixels = _choose(supported, _ok(width, height), _refusal(tf.strings.format(
         "BMP with {} bits per pixel, compression {} is not supported (only uncompressed 24/32-bit): "
@@ -159,15 +174,16 @@ def _gif_walk(data, hb):
     branch: every branch is a function in the serving graph's library, and the size of that
     library is what a freshly loaded model's first request pays for."""
     n = byte_length(data)
-    flags = hb[10]
+    flags, = _fields(hb, ((10, 1, True),))
     start = 13 + tf.where(flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), 0)
     top, ext, img, done, fail = (tf.constant(v, tf.int64) for v in range(5))
 
     def step(state, pos, x, y, w, h, desc_at):
         byte = read_int(data, pos, 1, True)  # the block introducer, or the sub-block's length
         # At the top level: an extension (0x21), an image descriptor (0x2C), or a failure.
-        desc = _read(data, pos + 1, 9)
-        table = tf.where(desc[8] >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), desc[8] % 8), 0)
+        *box, packed = _fields(_read(data, pos + 1, 9), ((0, 2, True), (2, 2, True), (4, 2, True), (6, 2, True),
+                                                          (8, 1, True)))  # x, y, w, h, flags
+        table = tf.where(packed >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), packed % 8), 0)
         is_ext, is_img = byte == 0x21, (byte == 0x2C) & (pos + 10 <= n)
         top_state = tf.where(is_ext, ext, tf.where(is_img, img, fail))
         top_pos = tf.where(is_ext, pos + 2, tf.where(is_img, pos + 11 + table, pos))
@@ -180,7 +196,6 @@ def _gif_walk(data, hb):
         chain_pos = tf.where(byte == 0, pos + 1, pos + run * (byte + 1))
         at_top, past_end = state == top, pos >= n
         found = at_top & is_img & tf.logical_not(past_end)
-        box = [desc[0] + 256 * desc[1], desc[2] + 256 * desc[3], desc[4] + 256 * desc[5], desc[6] + 256 * desc[7]]
         return (tf.where(past_end, fail, tf.where(at_top, top_state, chain_state)),
                 tf.where(past_end, pos, tf.where(at_top, top_pos, chain_pos)),
                 *(tf.where(found, new, old) for new, old in zip(box, (x, y, w, h))),
@@ -194,7 +209,7 @@ def _gif_walk(data, hb):
 def _probe_gif(data, head, hb):
     state, end, x, y, w, h, desc_at = _gif_walk(data, hb)
     found = tf.logical_and(tf.logical_and(state == 3, end <= byte_length(data)), w * h > 0)
-    screen_w, screen_h = _at(hb, 6, 2, True), _at(hb, 8, 2, True)
+    screen_w, screen_h = _fields(hb, ((6, 2, True), (8, 2, True)))
     return _choose(found, _ok(tf.maximum(screen_w, x + w), tf.maximum(screen_h, y + h), end, desc_at),
                    _refusal("GIF: no complete first frame (truncated, unknown block, or data "
                             f"split into irregular sub-blocks: more than {rules.GIF_MAX_STEPS} steps)"))
@@ -219,9 +234,8 @@ def _first_anmf(data, animated=True):
 
 def frame_box(data, anmf):
     """An animation frame's (x, y, w, h) on the canvas, from its ANMF header at ``anmf``."""
-    box = tf.reshape(_read(data, anmf + 8, 12), [4, 3])
-    xywh = _ints(box, True) * tf.constant([2, 2, 1, 1], tf.int64) + tf.constant([0, 0, 1, 1], tf.int64)
-    return xywh[0], xywh[1], xywh[2], xywh[3]
+    x, y, w, h = _fields(_read(data, anmf + 8, 12), tuple((i, 3, True) for i in range(0, 12, 3)))
+    return 2 * x, 2 * y, w + 1, h + 1
 
 
 def frame_has_alpha(data, anmf):
@@ -236,12 +250,12 @@ def first_frame_layout(data, anmf):
     has_alpha = frame_has_alpha(data, anmf)
     alpha_size = read_int(data, body + 4, 4, True)
     bitstream = body + tf.where(has_alpha, 8 + alpha_size + alpha_size % 2, 0)
-    raw = _read(data, bitstream, 18)  # fourcc, size, then VP8's frame tag + start code + sizes or VP8L's
+    # The fourcc, the size, then VP8's frame tag, start code and sizes, or VP8L's signature and bits.
+    bits, vp8_w, vp8_h = _fields(_read(data, bitstream, 18), ((9, 4, True), (14, 2, True), (16, 2, True)))
     fourcc = tf.strings.substr(data, tf.clip_by_value(bitstream, 0, byte_length(data)), 4)
-    bits = _ints(raw[9:13], True)
     vp8l = fourcc == b"VP8L"
-    stream_w = tf.where(vp8l, bits % 16384 + 1, _ints(raw[14:16], True) % 16384)
-    stream_h = tf.where(vp8l, (bits // 16384) % 16384 + 1, _ints(raw[16:18], True) % 16384)
+    stream_w = tf.where(vp8l, bits % 16384 + 1, vp8_w % 16384)
+    stream_h = tf.where(vp8l, (bits // 16384) % 16384 + 1, vp8_h % 16384)
     return x, y, w, h, has_alpha, fourcc, stream_w, stream_h
 
 
@@ -263,14 +277,14 @@ def _probe_webp(data, head, hb):
     """Every reading (VP8, VP8L, VP8X: fixed reads of the head, and the ANMF walk, which takes
     no step unless the VP8X header says animated) computed and one selected: no branch
     functions in the serving graph's library (see _gif_walk)."""
-    vp8 = _choose(_has(head, 23, b"\x9d\x01\x2a"),
-                  _ok(_at(hb, 26, 2, True) % 16384, _at(hb, 28, 2, True) % 16384, -1),
+    vp8_w, vp8_h, bits, width, height = _fields(hb, ((26, 2, True), (28, 2, True), (21, 4, True),
+                                                     (24, 3, True), (27, 3, True)))
+    vp8 = _choose(_has(head, 23, b"\x9d\x01\x2a"), _ok(vp8_w % 16384, vp8_h % 16384, -1),
                   _refusal("WebP: VP8 frame without its start code"))
-    bits = _at(hb, 21, 4, True)
     vp8l = _choose(hb[20] == 0x2F, _ok(bits % 16384 + 1, (bits // 16384) % 16384 + 1, -1),
                    _refusal("WebP: VP8L bitstream without its signature"))
     chunk = tf.strings.substr(head, 12, 4)
-    width, height = _at(hb, 24, 3, True) + 1, _at(hb, 27, 3, True) + 1
+    width, height = width + 1, height + 1
     animated = tf.bitwise.bitwise_and(hb[20], 2) > 0
     anmf = _first_anmf(data, animated & (chunk == b"VP8X"))
     frame_ok, frame_message = _first_frame_fits(data, anmf, width, height)
@@ -298,9 +312,11 @@ def header(data):
     hb = tf.cast(tf.io.decode_raw(head, tf.uint8, fixed_length=_HEAD), tf.int64)
     fmt = _sniff(hb, rules.MAGIC)
     branches = [_probe_jpeg, _probe_png, _probe_gif, _probe_bmp, _probe_webp, _probe_other]
-    ok, message, width, height, aux, aux2 = lazy_case(
+    fields, message = lazy_case(
         tf.where(fmt >= 0, fmt, len(branches) - 1),
         [lambda f=f: f(data, head, hb) for f in branches], name="probe_format")
+    ok, width, height, aux, aux2 = tf.unstack(fields, 5)
+    ok = ok > 0
     sized = tf.minimum(width, height) > 0
     message = tf.where(tf.logical_and(ok, tf.logical_not(sized)),
                        tf.strings.format("header says {}x{}", (width, height)), message)
@@ -314,13 +330,11 @@ def jpeg_scale(width, height, min_size):
     sees ``min_size`` pixels a side: the largest of 1, 2, 4, 8 whose decode (ceil(side / d), as
     libjpeg sizes its output) keeps the short side >= ``min_size`` (``rules.decoded_size`` in
     Python). 1 when ``min_size`` is None."""
-    scale = tf.constant(1, tf.int64)
     if min_size is None:
-        return scale
-    short = tf.minimum(width, height)
-    for d in rules.JPEG_SCALES[1:]:
-        scale = tf.where((short + d - 1) // d >= min_size, tf.constant(d, tf.int64), scale)
-    return scale
+        return tf.constant(1, tf.int64)
+    scales = tf.constant(rules.JPEG_SCALES, tf.int64)
+    fits = (tf.minimum(width, height) + scales - 1) // scales >= min_size
+    return tf.reduce_max(tf.where(fits, scales, 1))
 
 
 def probe(data, max_pixels=MAX_PIXELS, min_size=None, max_bytes=MAX_BYTES):
@@ -409,11 +423,12 @@ def _read_many(data, positions, length):
                                     tf.uint8, fixed_length=length), tf.int64)
 
 
-def _occurrences(data, marker):
-    """Offsets of the first _EXIF_CANDIDATES occurrences of ``marker`` in ``data``, -1 past them."""
-    pieces = tf.strings.split(data, marker, maxsplit=_EXIF_CANDIDATES)
+def _occurrences(data, chunk_type):
+    """Offsets of the first _EXIF_CANDIDATES occurrences of a 4-byte ``chunk_type`` (a string
+    tensor) in ``data``, -1 past them."""
+    pieces = tf.strings.split(data, chunk_type, maxsplit=_EXIF_CANDIDATES)
     lengths = tf.cast(tf.strings.length(pieces[:-1]), tf.int64)
-    positions = tf.math.cumsum(lengths) + tf.range(tf.size(lengths, out_type=tf.int64)) * len(marker)
+    positions = tf.math.cumsum(lengths) + tf.range(tf.size(lengths, out_type=tf.int64)) * 4
     return tf.concat([positions, tf.fill([_EXIF_CANDIDATES], tf.constant(-1, tf.int64))], 0)[:_EXIF_CANDIDATES]
 
 
@@ -431,15 +446,17 @@ def _jpeg_exif(data):
     the pixels, and a string that merely looks like EXIF inside another segment (a comment)
     is never taken for it. At most ``_JPEG_MAX_STEPS`` steps (a segment or a skipped byte)."""
     n = byte_length(data)
-    magic = tf.constant(list(b"Exif\0\0"), tf.int64)
+    magic = int.from_bytes(b"Exif\0\0", "big")
 
     def step(pos, found, done):
-        raw = _read(data, pos, 10)  # marker, length, and the first 6 bytes of the payload
-        is_marker, code, length = raw[0] == 0xFF, raw[1], raw[2] * 256 + raw[3]
+        # The marker, its length, and the first 6 bytes of the payload.
+        first, code, length, payload = _fields(_read(data, pos, 10), ((0, 1, True), (1, 1, True), (2, 2, False),
+                                                                      (4, 6, False)))
+        is_marker = first == 0xFF
         # Pillow's marker table: C8, D0-D9 and F0-FD carry no length; 01-BF are not markers.
         bare = (code == 0xC8) | ((code >= 0xD0) & (code <= 0xD9)) | ((code >= 0xF0) & (code <= 0xFD))
         segment = is_marker & (code >= 0xC0) & (code < 0xFF) & tf.logical_not(bare)
-        exif = segment & (code == 0xE1) & (length >= 8) & tf.reduce_all(tf.equal(raw[4:10], magic))
+        exif = segment & (code == 0xE1) & (length >= 8) & (payload == magic)
         stop = exif | (pos + 4 > n) | (is_marker & ((code == 0xDA) | ((code > 0) & (code < 0xC0))))
         one, two = tf.constant(1, tf.int64), tf.constant(2, tf.int64)
         skip = tf.where(tf.logical_not(is_marker) | (code == 0xFF), one, tf.where(segment, 2 + tf.maximum(length, 2), two))
@@ -452,22 +469,21 @@ def _jpeg_exif(data):
     return data, start, end, found & (end <= n) & (start + 8 <= end)
 
 
-def _png_exif(data):
-    """An eXIf chunk anywhere (it may follow the image data)."""
-    p = _occurrences(data, b"eXIf")
-    length = _ints(_read_many(data, p - 4, 4), False)
-    return _first_valid(data, p + 4, p + 4 + length, p >= 12)
-
-
-def _webp_exif(data):
-    """An EXIF chunk of an extended (VP8X) WebP; by the format it follows the image data."""
-    p = _occurrences(data, b"EXIF")
-    length = _ints(_read_many(data, p + 4, 4), True)
-    prefixed = tf.strings.substr(data, tf.clip_by_value(p + 8, 0, byte_length(data)),
-                                 tf.fill(tf.shape(p), tf.constant(6, tf.int64))) == b"Exif\x00\x00"
-    extended = tf.strings.substr(data, 12, 4) == b"VP8X"
-    return _first_valid(data, p + 8 + tf.where(prefixed, tf.constant(6, tf.int64), 0), p + 8 + length,
-                        (p >= 30) & extended)
+def _chunk_exif(data, webp):
+    """PNG's eXIf chunk, anywhere (it may follow the image data), or when ``webp`` an extended
+    (VP8X) WebP's EXIF chunk (by the format after the image data). One reader for both, as
+    the two differ only in the marker, where the length is and its byte order, and WebP's
+    optional "Exif\\0\\0" prefix."""
+    p = _occurrences(data, tf.where(webp, "EXIF", "eXIf"))
+    # From 4 bytes before the marker: PNG's length (big-endian), the marker, WebP's length
+    # (little-endian), then where WebP's prefix would be.
+    png_length, webp_length, prefix = _fields(_read_many(data, p - 4, 18),
+                                              ((0, 4, False), (8, 4, True), (12, 6, False)))
+    prefixed = prefix == int.from_bytes(b"Exif\0\0", "big")
+    start = p + tf.where(webp, tf.where(prefixed, tf.constant(14, tf.int64), 8), 4)
+    end = p + tf.where(webp, 8 + webp_length, 4 + png_length)
+    valid = tf.where(webp, (p >= 30) & (tf.strings.substr(data, 12, 4) == b"VP8X"), p >= 12)
+    return _first_valid(data, start, end, valid)
 
 
 def orientation(data, fmt):
@@ -478,7 +494,8 @@ def orientation(data, fmt):
     def none():
         return data, zero, zero, tf.constant(False)
 
-    readers = {_JPEG: lambda: _jpeg_exif(data), _PNG: lambda: _png_exif(data), _WEBP: lambda: _webp_exif(data)}
+    chunk = lambda: _chunk_exif(data, fmt == _WEBP)  # noqa: E731  (one function for PNG and WebP)
+    readers = {_JPEG: lambda: _jpeg_exif(data), _PNG: chunk, _WEBP: chunk}
     source, tiff, end, found = lazy_case(  # an unknown format (-1) takes the last branch: none
         fmt, [readers.get(i, none) for i in range(len(rules.FORMATS))] + [none], name="exif_format")
     # Read whether found or not (a few hundred bytes at clipped offsets), then chosen: no branch.

@@ -69,7 +69,7 @@ def apply_orientation(image, value):
 # ------------------------------------------------------------------------------ decoding
 def _on_canvas(frame, x, y, width, height):
     """A (h, w, 3) first frame drawn at (x, y) on a black width x height canvas."""
-    h, w = tf.cast(tf.shape(frame)[0], tf.int64), tf.cast(tf.shape(frame)[1], tf.int64)
+    h, w, _ = tf.unstack(tf.cast(tf.shape(frame), tf.int64), 3)
     check = tf.debugging.Assert((x + w <= width) & (y + h <= height),
                                 ["first frame does not fit its canvas"])
     with tf.control_dependencies([check]):
@@ -103,15 +103,17 @@ def _decode_webp(data, width, height, anmf):
     x, y, w, h = frame_box(data, anmf)
     has_alpha = frame_has_alpha(data, anmf)
     body = tf.strings.substr(data, tf.minimum(tf.maximum(anmf + 24, 0), byte_length(data)), tf.maximum(size - 16, 0))
-    vp8x = tf.strings.join([b"VP8X", int_bytes(tf.constant(10, tf.int64), 4), b"\x10\0\0\0",
-                            int_bytes(w - 1, 3), int_bytes(h - 1, 3)])
-    chunks = tf.where(has_alpha, tf.strings.join([vp8x, body]), body)
-    riff = tf.strings.join([b"RIFF", int_bytes(tf.cast(tf.strings.length(chunks), tf.int64) + 4, 4), b"WEBP", chunks])
+    # RIFF's size counts "WEBP", the 18-byte VP8X chunk (with alpha: it says so) and the frame.
+    riff_size = byte_length(body) + tf.where(has_alpha, tf.constant(22, tf.int64), 4)
+    w_bytes, h_bytes, riff_bytes = tf.unstack(int_bytes(tf.stack([w - 1, h - 1, riff_size]), 4), 3)
+    vp8x = tf.strings.join([b"VP8X\x0a\0\0\0\x10\0\0\0", tf.strings.substr(w_bytes, 0, 3), tf.strings.substr(h_bytes, 0, 3)])
+    riff = tf.strings.join([b"RIFF", riff_bytes, b"WEBP", tf.where(has_alpha, vp8x, b""), body])
     frame = _webp_pixels(tf.where(animated, riff, data))
-    zero, shape = tf.constant(0, tf.int64), tf.cast(tf.shape(frame), tf.int64)
+    zero = tf.constant(0, tf.int64)
+    stored_h, stored_w, _ = tf.unstack(tf.cast(tf.shape(frame), tf.int64), 3)
     # A still is its own canvas: drawn at (0, 0) on its decoded size, it comes out as decoded.
     return _on_canvas(frame, tf.where(animated, x, zero), tf.where(animated, y, zero),
-                      tf.where(animated, width, shape[1]), tf.where(animated, height, shape[0]))
+                      tf.where(animated, width, stored_w), tf.where(animated, height, stored_h))
 
 
 def _decode_stored(data, fmt, width, height, aux, aux2, scale):

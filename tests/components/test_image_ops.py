@@ -295,6 +295,24 @@ def test_intel_byte_order_exif_orientations_match_exif_transpose(fmt):
         assert np.abs(pixels.astype(int) - want).max() <= (2 if fmt == "JPEG" else 0), (fmt, value)
 
 
+def test_a_webp_exif_chunk_with_jpegs_prefix_is_read_as_pillow_reads_it(corpus):
+    """Some writers start a WebP's EXIF chunk with JPEG's "Exif\\0\\0"; Pillow skips it, and
+    so does the graph. Mutation: the prefix not skipped -> read as upright (fails)."""
+    data = corpus["orientation6.webp"]
+    at = data.index(b"EXIF")
+    size = int.from_bytes(data[at + 4:at + 8], "little")
+    assert not data[at + 8:].startswith(b"Exif")
+    body = b"Exif\0\0" + data[at + 8:at + 8 + size]
+    rest = (data[:at] + b"EXIF" + len(body).to_bytes(4, "little") + body + b"\0" * (len(body) % 2)
+            + data[at + 8 + size + size % 2:])
+    prefixed = rest[:4] + (len(rest) - 8).to_bytes(4, "little") + rest[8:]
+    with Image.open(io.BytesIO(prefixed)) as im:
+        assert im.getexif()[0x0112] == 6
+        want = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    ok, pixels = _graph(prefixed)
+    assert ok and pixels.shape == want.shape == (32, 48, 3) and np.array_equal(pixels, want)
+
+
 def _segment(marker: int, payload: bytes) -> bytes:
     return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
 
