@@ -17,8 +17,10 @@ alike; each cell is the median. Targets (issue 23): full scale within 1.15x of b
 and 1.1x at 1600x1200; the project <= 0.4x bare on a 12 MP photo; a 48 MP photo accepted
 under the default pixel cap, cheaper than a full decode of the 12 MP one (bare, same job).
 
-Rounds per photo (a third of them, at least 3, for the 48 MP one): 5 (quick), 15 (full);
-smoke: one round of every photo and function, the 12 MP photo drawn at a quarter of its size
+Rounds per photo (a third of them, at least 3, for the 48 MP one): 5 (quick), 15 (full), times
+8 MP / the photo's pixels for small ones (130 / 390 at 640x480, 20 / 60 at 1600x1200: a round
+takes milliseconds there, and 5 of them on a shared machine moved a ratio by 0.5x between two
+runs); smoke: one round of every photo and function, the 12 MP photo drawn at a quarter of its size
 and enlarged (as the 48 MP one always is: 3 s less to make it).
 
     tools/devenv.sh run python -m benchmarks.decode [--quick|--full|--smoke] [--json OUT]
@@ -62,6 +64,9 @@ def _functions(tf, image_ops):
     }, scaled
 
 
+_SMALL_PHOTO_BOOST = 8e6  # pixels: a photo of fewer gets this many / its pixels times the rounds
+
+
 def measure(rounds, least=3, upscale_from=20e6):
     import dolg_model  # noqa: F401  (the Keras switch, before TensorFlow)
     import tensorflow as tf
@@ -83,7 +88,8 @@ def measure(rounds, least=3, upscale_from=20e6):
                 fn(batch).numpy()
             except tf.errors.InvalidArgumentError as e:
                 refused[name] = e.message.split("\n")[0][:80]
-        n = rounds if width * height < 20e6 else max(least, rounds // 3)
+        n = max(least, rounds // 3) if width * height >= 20e6 else rounds * max(1, int(_SMALL_PHOTO_BOOST // (width * height)))
+        n = 1 if rounds == 1 else n
         for _ in range(n):
             for name, fn in functions.items():
                 if name in refused:
