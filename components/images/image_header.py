@@ -117,11 +117,17 @@ def _sniff(head_bytes, table):
     return tf.where(first < len(table), first, -1)
 
 
+def _split(data, separator, maxsplit):
+    """``tf.strings.split`` of a scalar string (its pieces, a vector), without the ragged
+    tensor that wraps one string's pieces (some 25 nodes: see lazy_case)."""
+    return tf.raw_ops.StringSplitV2(input=tf.reshape(data, [1]), sep=separator, maxsplit=maxsplit).values
+
+
 def _is_svg(data):
     head = tf.strings.substr(data, 0, rules.SVG_WINDOW)
     stripped = tf.strings.strip(tf.strings.regex_replace(head, "^\ufeff", ""))  # a UTF-8 byte-order mark
     markup = tf.strings.substr(stripped, 0, 1) == "<"
-    return tf.logical_and(markup, tf.size(tf.strings.split(head, "<svg", maxsplit=1)) > 1)
+    return tf.logical_and(markup, tf.size(_split(head, "<svg", 1)) > 1)
 
 
 # ------------------------------------------------------------------------------ the probe
@@ -139,7 +145,8 @@ def _ok(width, height, a=0, b=0):
 
 def _probe_jpeg(data, head, hb):
     shape = tf.io.extract_jpeg_shape(data, output_type=tf.int64)  # libjpeg's header read, no pixels
-    return _ok(shape[1], shape[0])
+    height, width, _ = tf.unstack(shape, 3)
+    return _ok(width, height)
 
 
 def _choose(condition, if_true, if_false):
@@ -426,7 +433,7 @@ def _read_many(data, positions, length):
 def _occurrences(data, chunk_type):
     """Offsets of the first _EXIF_CANDIDATES occurrences of a 4-byte ``chunk_type`` (a string
     tensor) in ``data``, -1 past them."""
-    pieces = tf.strings.split(data, chunk_type, maxsplit=_EXIF_CANDIDATES)
+    pieces = _split(data, chunk_type, _EXIF_CANDIDATES)
     lengths = tf.cast(tf.strings.length(pieces[:-1]), tf.int64)
     positions = tf.math.cumsum(lengths) + tf.range(tf.size(lengths, out_type=tf.int64)) * 4
     return tf.concat([positions, tf.fill([_EXIF_CANDIDATES], tf.constant(-1, tf.int64))], 0)[:_EXIF_CANDIDATES]
@@ -436,7 +443,7 @@ def _first_valid(data, start, end, valid):
     """(data, start, end, found) of the first candidate that is valid and fits in ``data``."""
     valid = valid & (end <= byte_length(data)) & (start + 8 <= end)
     first = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
-    return data, start[first], end[first], tf.reduce_any(valid)
+    return data, tf.gather(start, first), tf.gather(end, first), tf.reduce_any(valid)
 
 
 def _jpeg_exif(data):

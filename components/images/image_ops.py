@@ -222,17 +222,22 @@ def _resize_oriented(stored, value, size, mode):
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, not {mode!r}")
     swap = _orientation_row(value) >= 5  # apply_orientation transposes exactly these
-    shape = tf.shape(stored)
-    height, width = tf.where(swap, shape[1], shape[0]), tf.where(swap, shape[0], shape[1])  # upright
+    stored_hw = tf.shape(stored)[:2]
+    stored_h, stored_w = tf.unstack(stored_hw, 2)
+    height, width = tf.where(swap, stored_w, stored_h), tf.where(swap, stored_h, stored_w)  # upright
     if mode == "pad":
         rh, rw, top, left = pad_box(height, width, size)
     else:
         rh = rw = tf.constant(size)
         top = left = tf.constant(0)
     target = tf.where(swap, tf.stack([rw, rh]), tf.stack([rh, rw]))
-    # The antialiased resize (ScaleAndTranslate) reads uint8 and writes float32, converting each
-    # pixel as it reads it: no float copy of the whole decoded image first (23 MB at 1600x1200).
-    small = tf.image.resize(stored, target, method="bilinear", antialias=True)
+    # tf.image.resize(stored, target, "bilinear", antialias=True), as its own op: the same
+    # ScaleAndTranslate call without the wrapper's checks and casts (nodes: see lazy_case). It
+    # reads uint8 and writes float32, converting each pixel as it reads it: no float copy of
+    # the whole decoded image first (23 MB at 1600x1200).
+    small = tf.raw_ops.ScaleAndTranslate(
+        images=tf.expand_dims(stored, 0), size=target, scale=tf.cast(target, tf.float32) / tf.cast(stored_hw, tf.float32),
+        translation=tf.zeros([2]), kernel_type="triangle", antialias=True)[0]
     small = apply_orientation(small, value)
     if mode == "pad":
         # The flips move an odd padding pixel: pad after orienting, where resize_with_pad pads.
