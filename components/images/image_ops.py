@@ -92,8 +92,10 @@ def _orient_resized(image, value):
         pixels = tf.gather(tf.reshape(image, tf.stack([-1, c])), tf.reshape(places, [-1]))
         return tf.reshape(pixels, tf.stack([out_h, out_w, c]))
 
-    # Flips alone (2-4) are cheaper as tf.reverse than as a gather; upright passes through it.
-    return lazy_case(tf.cast(row >= 5, tf.int32), [lambda: apply_orientation(image, value), moved], name="orient")
+    # Upright passes through (tf.reverse over no axis still copies: 0.1 ms at 224 px); flips
+    # alone (2-4) are cheaper as tf.reverse than as a gather.
+    kind = tf.cast(row >= 2, tf.int32) + tf.cast(row >= 5, tf.int32)
+    return lazy_case(kind, [lambda: image, lambda: apply_orientation(image, value), moved], name="orient")
 
 
 # ------------------------------------------------------------------------------ decoding
@@ -268,12 +270,13 @@ def _resize_oriented(stored, value, size, mode):
     small = tf.raw_ops.ScaleAndTranslate(
         images=tf.expand_dims(stored, 0), size=target, scale=tf.cast(target, tf.float32) / tf.cast(stored_hw, tf.float32),
         translation=tf.zeros([2]), kernel_type="triangle", antialias=True)[0]
-    small = _orient_resized(small, value)
+    # The clip on the resized pixels alone: the padding is 0 and a turn moves values, so
+    # clipping here is clipping the padded image, on up to a quarter fewer pixels.
+    small = _orient_resized(tf.clip_by_value(small, 0.0, 255.0), value)
     if mode == "pad":
         # The flips move an odd padding pixel: pad after orienting, where resize_with_pad pads.
         small = tf.pad(small, [[top, size - top - rh], [left, size - left - rw], [0, 0]])
-    small = tf.ensure_shape(small, [size, size, 3])
-    return tf.clip_by_value(small, 0.0, 255.0)
+    return tf.ensure_shape(small, [size, size, 3])
 
 
 def decode_resized(data, size, mode="pad", max_pixels=MAX_PIXELS, reduced_jpeg=True, max_bytes=MAX_BYTES):
