@@ -55,16 +55,19 @@ def _orientation_row(value):
     return tf.where((value >= 1) & (value <= 8), tf.cast(value, tf.int32), 0)
 
 
+def _turned(image, row):
+    """The stored image turned for the tables' ``row``: a transpose, then a reverse."""
+    transposed = tf.transpose(image, tf.gather(_ORIENT_PERM, row))
+    return tf.reverse(transposed, tf.where(tf.gather(_ORIENT_FLIPS, row))[:, 0])
+
+
 def apply_orientation(image, value):
     """Turns a stored (H, W, C) image upright for EXIF orientation ``value`` (1-8), as Pillow's
     ``ImageOps.exif_transpose`` does: a transpose for 5-8, then a flip of the rows (3, 4, 7, 8)
-    and/or the columns (2, 3, 6, 7); any other value is upright, as Pillow leaves it. Two table
-    lookups, a transpose and a reverse (upright images pass through): few ops on purpose, as
-    they run on every image and every node costs a loaded model's first request (see
-    image_header.lazy_case)."""
+    and/or the columns (2, 3, 6, 7); any other value is upright, as Pillow leaves it, and
+    passes through untouched (tf.reverse over no axis still copies the whole image)."""
     row = _orientation_row(value)
-    transposed = tf.transpose(image, tf.gather(_ORIENT_PERM, row))
-    return tf.reverse(transposed, tf.where(tf.gather(_ORIENT_FLIPS, row))[:, 0])
+    return lazy_case(tf.cast(row >= 2, tf.int32), [lambda: image, lambda: _turned(image, row)], name="orient")
 
 
 def _orient_resized(image, value):
@@ -95,7 +98,7 @@ def _orient_resized(image, value):
     # Upright passes through (tf.reverse over no axis still copies: 0.1 ms at 224 px); flips
     # alone (2-4) are cheaper as tf.reverse than as a gather.
     kind = tf.cast(row >= 2, tf.int32) + tf.cast(row >= 5, tf.int32)
-    return lazy_case(kind, [lambda: image, lambda: apply_orientation(image, value), moved], name="orient")
+    return lazy_case(kind, [lambda: image, lambda: _turned(image, row), moved], name="orient")
 
 
 # ------------------------------------------------------------------------------ decoding

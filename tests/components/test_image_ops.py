@@ -470,7 +470,7 @@ def test_the_decoders_library_has_no_cond_and_few_functions():
     walks (GIF blocks, WebP chunks, JPEG segments) and the resized image's turn (none when
     upright, a reverse for flips, a gather for EXIF 5-8: 0.1-0.4 ms less an image); everything
     else is a select. 28 functions (56 before the GIF walk's and WebP probe's conds became selects and a
-    branch shared by several formats became one function) and 1,504 nodes (2,095 before fixed
+    branch shared by several formats became one function) and 1,496 nodes (2,095 before fixed
     header fields became one product, a probe's result one vector and a split of one string
     unwrapped). Mutations: the GIF probe's tf.cond(found, ...) back -> a StatelessIf;
     lazy_case not sharing a branch given for several formats -> 32 functions; a function of its
