@@ -88,8 +88,12 @@ def measure(rounds, least=3, upscale_from=20e6):
                 fn(batch).numpy()
             except tf.errors.InvalidArgumentError as e:
                 refused[name] = e.message.split("\n")[0][:80]
-        n = max(least, rounds // 3) if width * height >= 20e6 else rounds * max(1, int(_SMALL_PHOTO_BOOST // (width * height)))
-        n = 1 if rounds == 1 else n
+        if rounds == 1:  # smoke
+            n = 1
+        elif width * height >= 20e6:
+            n = max(least, rounds // 3)
+        else:
+            n = rounds * max(1, int(_SMALL_PHOTO_BOOST // (width * height)))
         for _ in range(n):
             for name, fn in functions.items():
                 if name in refused:

@@ -28,9 +28,9 @@ def lazy_case(index, branches, name="lazy_case"):
     most of the decoder's nodes).
 
     Every branch is still a function in the graph's library, and a loaded model's first request
-    pays for each function there and each node in it, taken or not (1-1.5 ms a function,
-    0.08-0.12 ms a node: benchmarks/first_request.py): a callable given for several indices
-    becomes one function, the index mapped to it."""
+    pays for each function there and each node in it, taken or not (1-2.3 ms a function,
+    0.08-0.18 ms a node, by machine: benchmarks/first_request.py): a callable given for several
+    indices becomes one function, the index mapped to it."""
     index = tf.cast(index, tf.int32)
     if tf.executing_eagerly():
         i = int(index)
@@ -68,21 +68,22 @@ def read_int(data, pos, length, little_endian):
     return tf.reduce_sum(_read(data, pos, length) * _weights(length, little_endian))
 
 
-def _ints(raw, little_endian):
-    """Unsigned integers from the last axis of a byte tensor."""
-    return tf.reduce_sum(raw * _weights(raw.shape[-1], little_endian), axis=-1)
+def _place_values(n_bytes, places):
+    """[n_bytes, fields]: each byte's place value in the field at ``places`` ((offset, length,
+    little_endian) each) it belongs to, else 0. Bytes times this matrix are the fields."""
+    matrix = [[0] * len(places) for _ in range(n_bytes)]
+    for j, (offset, length, little_endian) in enumerate(places):
+        for k in range(length):
+            matrix[offset + k][j] = 256 ** (k if little_endian else length - 1 - k)
+    return matrix
 
 
 def _fields(raw, places):
     """The unsigned integers at fixed ``places`` ((offset, length, little_endian) each) of a
-    byte vector of static length (or of each row of a matrix), as scalars (or vectors): one product with a [bytes, fields] place-value
-    matrix, not a slice (four nodes), a multiply and a sum per field (nodes a loaded model's
-    first request pays for: lazy_case)."""
-    matrix = [[0] * len(places) for _ in range(raw.shape[-1])]
-    for j, (offset, length, little_endian) in enumerate(places):
-        for k in range(length):
-            matrix[offset + k][j] = 256 ** (k if little_endian else length - 1 - k)
-    matrix = tf.constant(matrix, tf.int64)
+    byte vector of static length (or of each row of a matrix), as scalars (or vectors): one
+    product with a ``_place_values`` matrix, not a slice (four nodes), a multiply and a sum per
+    field (nodes a loaded model's first request pays for: lazy_case)."""
+    matrix = tf.constant(_place_values(raw.shape[-1], places), tf.int64)
     if raw.shape.rank == 1:
         return tf.unstack(tf.linalg.matvec(matrix, raw, transpose_a=True), len(places))
     return tf.unstack(tf.linalg.matmul(raw, matrix), len(places), axis=-1)
@@ -383,21 +384,21 @@ def header_size(data):
 
 # ------------------------------------------------------------------------------ EXIF
 def _ints_ordered(raw, little_endian):
-    """``_ints`` with the byte order a boolean tensor (a TIFF header's): one read, no branch."""
+    """The unsigned integers of the last axis of a byte tensor, in the byte order a boolean
+    tensor gives (a TIFF header's): one read, no branch."""
     n = raw.shape[-1]
     return tf.reduce_sum(raw * tf.where(little_endian, _weights(n, True), _weights(n, False)), axis=-1)
 
 
-# An IFD entry's fields (byte ranges of its 12 bytes): tag, type, count, and its value read as
-# a SHORT and as a LONG. As columns of a place-value matrix per byte order, so all 64 entries'
+# An IFD entry's fields ((offset, length) in its 12 bytes): tag, type, count, and its value read
+# as a SHORT and as a LONG. As columns of a place-value matrix per byte order, so all 64 entries'
 # fields are one matrix product (fewer ops on every image, fewer nodes in every graph).
-_IFD_FIELDS = ((0, 2), (2, 4), (4, 8), (8, 10), (8, 12))
+_IFD_FIELDS = ((0, 2), (2, 2), (4, 4), (8, 2), (8, 4))
 
 
 def _field_matrix(little_endian):
-    """[12 bytes, fields]: byte i's place value in each field it belongs to, else 0."""
-    return [[256 ** (i - a if little_endian else b - 1 - i) if a <= i < b else 0 for a, b in _IFD_FIELDS]
-            for i in range(12)]
+    """[12 bytes, fields] for an IFD entry in one byte order (``_place_values``)."""
+    return _place_values(12, [(offset, length, little_endian) for offset, length in _IFD_FIELDS])
 
 
 def _tiff_orientation(data, tiff, end):

@@ -70,8 +70,9 @@ def apply_orientation(image, value):
     return lazy_case(tf.cast(row >= 2, tf.int32), [lambda: image, lambda: _turned(image, row)], name="orient")
 
 
-def _orient_resized(image, value):
-    """``apply_orientation`` for the small float image the resize made, in one move of each
+def _orient_resized(image, row):
+    """``apply_orientation`` (by the tables' ``row``, ``_orientation_row``) for the small float
+    image the resize made, in one move of each
     pixel: a gather at computed flat positions does the transpose and both flips at once.
     TensorFlow's transpose and reverse each cost 2-3 ns an element on a 224 px float32 image
     (0.6-0.9 ms an image for orientation 6, a sixth of a 640x480 photo's decode); the gather
@@ -79,8 +80,6 @@ def _orient_resized(image, value):
     (by a fifth at 12 MP: scratch measurements on this machine), so apply_orientation keeps it
     there, and so does a flip without a transpose (a reverse is the cheaper move alone). The
     same tables: the axes' order of _ORIENT_PERM, then the flips."""
-    row = _orientation_row(value)
-
     def moved():
         h, w, c = tf.unstack(tf.shape(image), 3)
         order = tf.gather(_ORIENT_PERM_HW, row)  # which stored axis each output axis walks
@@ -256,7 +255,8 @@ def _resize_oriented(stored, value, size, mode):
     transpose and flips commute with a separable resize, so only the float rounding differs."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, not {mode!r}")
-    swap = _orientation_row(value) >= 5  # apply_orientation transposes exactly these
+    row = _orientation_row(value)
+    swap = row >= 5  # apply_orientation transposes exactly these
     stored_hw = tf.shape(stored)[:2]
     stored_h, stored_w = tf.unstack(stored_hw, 2)
     height, width = tf.where(swap, stored_w, stored_h), tf.where(swap, stored_h, stored_w)  # upright
@@ -275,7 +275,7 @@ def _resize_oriented(stored, value, size, mode):
         translation=tf.zeros([2]), kernel_type="triangle", antialias=True)[0]
     # The clip on the resized pixels alone: the padding is 0 and a turn moves values, so
     # clipping here is clipping the padded image, on up to a quarter fewer pixels.
-    small = _orient_resized(tf.clip_by_value(small, 0.0, 255.0), value)
+    small = _orient_resized(tf.clip_by_value(small, 0.0, 255.0), row)
     if mode == "pad":
         # The flips move an odd padding pixel: pad after orienting, where resize_with_pad pads.
         small = tf.pad(small, [[top, size - top - rh], [left, size - left - rw], [0, 0]])

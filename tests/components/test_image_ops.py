@@ -465,12 +465,12 @@ def test_the_decoders_format_branches_stay_functions_at_run_time():
 
 def test_the_decoders_library_has_no_cond_and_few_functions():
     """A loaded model's first request pays for every function in its graph's library, taken or
-    not (1-1.5 ms a function, 0.08-0.12 ms a node: benchmarks/first_request.py), so the decoder branches
+    not (1-2.3 ms a function, 0.08-0.18 ms a node: benchmarks/first_request.py), so the decoder branches
     only where it must: the four per-format/accept Cases, the JPEG scale switch, the three
     walks (GIF blocks, WebP chunks, JPEG segments) and the resized image's turn (none when
     upright, a reverse for flips, a gather for EXIF 5-8: 0.1-0.4 ms less an image); everything
     else is a select. 28 functions (56 before the GIF walk's and WebP probe's conds became selects and a
-    branch shared by several formats became one function) and 1,496 nodes (2,095 before fixed
+    branch shared by several formats became one function) and 1,488 nodes (2,095 before fixed
     header fields became one product, a probe's result one vector and a split of one string
     unwrapped). Mutations: the GIF probe's tf.cond(found, ...) back -> a StatelessIf;
     lazy_case not sharing a branch given for several formats -> 32 functions; a function of its
