@@ -147,7 +147,7 @@ def search(image, index_dir, model_dir, k, grid, label, box, exact, qe, qe_alpha
     import tensorflow as tf
 
     from components.gallery_index.pairs import resolve_pair
-    from components.retrieval.embedder import Embedder, crop_to_png, read_file
+    from components.retrieval.embedder import Embedder, crop_to_png, error_reason, read_file
     from components.retrieval.expansion import expanded_search
     from components.retrieval.index import GalleryIndex
     from components.retrieval.model_versions import VersionMismatch, check_index_matches_model
@@ -187,8 +187,8 @@ def search(image, index_dir, model_dir, k, grid, label, box, exact, qe, qe_alpha
             data = crop_to_png(data, box)
         emb = embedder.embed_bytes([data])
     except (OSError, ValueError, tf.errors.OpError) as err:
-        raise click.ClickException(f"{image}: cannot embed the query ({type(err).__name__}: "
-                                   f"{getattr(err, 'message', err)})")
+        # The reason alone (the same line index build reports), not TensorFlow's node dump.
+        raise click.ClickException(f"{image}: cannot embed the query ({error_reason(err)})")
     if emb.shape[1] != index.dim:
         raise click.ClickException(f"the model gives dim {emb.shape[1]}, the index has {index.dim}")
     dba = index.dba or {"k": 0, "alpha": 3.0}

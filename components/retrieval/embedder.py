@@ -78,7 +78,7 @@ def crop_to_png(data: bytes, box: Sequence[float]) -> bytes:
 _TF_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[", "File ")
 
 
-def _reason(err: BaseException) -> str:
+def error_reason(err: BaseException) -> str:
     """One line for a report: the error type and the line of its message that says why."""
     msg = getattr(err, "message", None) or str(err) or repr(err)
     lines = [line.strip() for line in msg.splitlines() if line.strip()]
@@ -183,7 +183,7 @@ class Embedder:
                     rows.append(self.embed_bytes([blob])[0])
                 except tf.errors.OpError as err:
                     rows.append(None)
-                    errors[i] = _reason(err)
+                    errors[i] = error_reason(err)
             good = [r for r in rows if r is not None]
             embs = np.stack(good) if good else np.zeros((0, self.dim or 0), np.float32)
             ok = [i for i, r in enumerate(rows) if r is not None]
@@ -223,7 +223,7 @@ class Embedder:
                     if boxes is not None and boxes[i] is not None:
                         data = crop_to_png(data, boxes[i])
                 except Exception as err:  # OSError, Pillow's many types, empty boxes
-                    failures.append((i, Failure(ids[i], paths[i], _reason(err))))
+                    failures.append((i, Failure(ids[i], paths[i], error_reason(err))))
                     continue
                 blobs.append(data)
                 where.append(i)

@@ -150,9 +150,16 @@ def test_search_label_from_option_or_unknown(built, tmp_path):
     assert _border_pixel(grid, 1) == OTHER_COLOUR
 
 
-def test_search_reports_a_bad_query(built):
+def test_search_reports_a_bad_query(built, tmp_path):
     result = _search(built, built["broken"])
     assert result.exit_code != 0 and "cannot embed the query" in result.output
+    # Bytes that are no image: the decoder's reason in one line, not TensorFlow's node dump.
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image at all")
+    result = _search(built, junk)
+    assert result.exit_code != 0, result.output
+    assert f"{junk}: cannot embed the query (InvalidArgumentError: " in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "{{node" not in result.output, result.output
 
 
 # ------------------------------------------------------------------ the index itself -------
